@@ -1,0 +1,57 @@
+# pneumo-hpc: `make demo` runs the main job on built-in synthetic data; `make test` runs the test suite.
+# Both create what they need (virtual environment, system packages when root) on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo
+N ?= 800
+EPOCHS ?= 10
+BATCH ?= 32
+LR ?= 1e-3
+NPROC ?= 2
+PYTEST_ARGS ?=
+export NO_ALBUMENTATIONS_UPDATE := 1
+export YOLO_OFFLINE := 1
+
+.PHONY: help venv system demo test test-fast gpu-check scaling-cpu clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	bash containers/install.sh system   # mpi4py builds against the system Open MPI: it must come first
+	VENV=$(VENV) EXTRA_PIP="-r requirements-dev.txt" bash containers/install.sh python
+	touch $@
+
+venv: $(STAMP) ## create/refresh the virtual environment (.venv) with the pinned stack
+
+system: ## install Open MPI (and, for the tests, SLURM, munge, Lmod) when root
+	bash containers/install.sh system
+	bash containers/install.sh test-deps
+
+demo: $(STAMP) ## synthetic RSNA -> preprocess -> serial/DDP/FSDP training -> evaluate -> table
+	$(BIN)/pneumo-hpc synth $(DEMO_DIR)/rsna --n $(N) --seed 0
+	$(BIN)/pneumo-hpc preprocess --rsna $(DEMO_DIR)/rsna --out $(DEMO_DIR)/prep --workers 2
+	rm -f $(DEMO_DIR)/runs/results.jsonl
+	$(BIN)/pneumo-hpc train --data $(DEMO_DIR)/prep --model small-cnn --epochs $(EPOCHS) --batch-size $(BATCH) \
+	  --lr $(LR) --strategy serial --out $(DEMO_DIR)/runs/serial
+	$(BIN)/torchrun --standalone --nproc_per_node $(NPROC) -m pneumo_hpc train --data $(DEMO_DIR)/prep \
+	  --model small-cnn --epochs $(EPOCHS) --batch-size $(BATCH) --lr $(LR) --strategy ddp --out $(DEMO_DIR)/runs/ddp
+	$(BIN)/torchrun --standalone --nproc_per_node $(NPROC) -m pneumo_hpc train --data $(DEMO_DIR)/prep \
+	  --model small-cnn --epochs $(EPOCHS) --batch-size $(BATCH) --lr $(LR) --strategy fsdp --out $(DEMO_DIR)/runs/fsdp
+	$(BIN)/pneumo-hpc evaluate --run $(DEMO_DIR)/runs/serial --data $(DEMO_DIR)/prep
+	$(BIN)/pneumo-hpc report $(DEMO_DIR)/runs/results.jsonl --out $(DEMO_DIR)/report
+
+test: $(STAMP) system ## the whole suite, real SLURM/Open MPI/Lmod included
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## unit tests only (no services, no slow trainings)
+	$(BIN)/python -m pytest -m "not slurm and not mpi and not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(DEMO_DIR) build .pytest_cache
+
+-include launch/launch.mk

@@ -1,0 +1,3 @@
+from pneumo_hpc.cli import main
+
+main()

@@ -1,0 +1,133 @@
+"""Click commands for the classifier: train, evaluate, selftest. Heavy imports happen inside the commands."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from pneumo_hpc.config import AUGMENTS, BACKENDS, MODELS, PRECISIONS, STRATEGIES
+
+
+def _fail(exc: Exception):
+    raise click.ClickException(str(exc)) from exc
+
+
+@click.command()
+@click.option("--data", "data", type=click.Path(path_type=Path), required=True, help="--out of `pneumo-hpc preprocess`.")
+@click.option("--model", type=click.Choice(MODELS), default="small-cnn", show_default=True)
+@click.option("--weights", type=click.Path(path_type=Path), help="resnet18: local torchvision weights file.")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Global batch (split over ranks).")
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="serial", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="auto: nccl when every rank has a CUDA device, else gloo.")
+@click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="auto: bf16 on GPUs and on CPUs with native bf16 (AMX/AVX512-BF16), else fp32.")
+@click.option("--augment", type=click.Choice(AUGMENTS), default="auto", show_default=True,
+              help="auto: albumentations on CPU, tensor ops on the GPU.")
+@click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="torch.compile the model.")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
+@click.option("--resume", is_flag=True, help="Continue from RUN/checkpoint if present (fresh start otherwise).")
+@click.option("--results", type=click.Path(path_type=Path), help="JSON-lines results file [RUN/../results.jsonl].")
+@click.option("--label", help="Configuration name in the report, e.g. '2-CPU DDP'.")
+@click.option("--timeout", "timeout_s", type=int, default=300, show_default=True,
+              help="Seconds any collective may wait before a dead rank fails the run.")
+@click.option("--stop-after-steps", type=int, hidden=True)
+def train(data, model, weights, epochs, batch_size, lr, weight_decay, strategy, backend, device, precision, augment,
+          compile_, channels_last, seed, out, resume, results, label, timeout_s, stop_after_steps):
+    """Train the pneumonia classifier (serial, DDP or FSDP; any launcher)."""
+    from pneumo_hpc.config import DataConfig, ModelConfig, OptimConfig, ParallelConfig, RunConfig, TrainConfig
+    from pneumo_hpc.train import train as run_train
+
+    cfg = TrainConfig(
+        data=DataConfig(path=data, augment=augment),
+        model=ModelConfig(name=model, weights=weights),
+        optim=OptimConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay),
+        parallel=ParallelConfig(strategy=strategy, backend=backend, device=device, precision=precision,
+                                compile=compile_, channels_last=channels_last, timeout_s=timeout_s),
+        run=RunConfig(out=out, seed=seed, resume=resume, results=results, label=label,
+                      stop_after_steps=stop_after_steps),
+    )
+    try:
+        run_train(cfg)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+
+
+def load_classifier(run_dir: Path, device: str = "cpu"):
+    """(model in eval mode, meta) from RUN/checkpoint/model.pt."""
+    from pneumo_hpc.checkpoint import load_model_file
+    from pneumo_hpc.models import build_model
+
+    state, meta = load_model_file(run_dir)
+    model = build_model(meta["model"], size=meta["size"])
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta
+
+
+def evaluate_run(run_dir: Path, data: Path, split: str = "val", device: str = "cpu") -> dict:
+    import torch
+
+    from pneumo_hpc.dataset import load_split
+    from pneumo_hpc.parallel import Plan
+    from pneumo_hpc.train import evaluate_split
+
+    model, meta = load_classifier(run_dir, device)
+    # same arithmetic as training's own validation, so a re-score reproduces metrics.json
+    plan = Plan("serial", 1, 0, 1, torch.device(device), bf16=meta.get("compute_dtype") == "bf16",
+                channels_last=bool(meta.get("channels_last", False)))
+    metrics = evaluate_split(model, load_split(data, split), plan)
+    return {"run": str(run_dir), "data": str(data), "split": split, "model": meta["model"],
+            "strategy": meta["strategy"], **metrics}
+
+
+@click.command()
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="--out of `pneumo-hpc train`.")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="--out of `pneumo-hpc preprocess`.")
+@click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def evaluate(run_dir, data, split, device):
+    """Re-score a trained checkpoint; writes RUN/eval.json and prints it."""
+    from pneumo_hpc.checkpoint import atomic_write_text
+
+    try:
+        metrics = evaluate_run(run_dir, data, split, device)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    atomic_write_text(Path(run_dir) / "eval.json", json.dumps(metrics, indent=1))
+    click.echo(json.dumps(metrics))
+
+
+@click.command()
+@click.option("--keep", type=click.Path(path_type=Path), help="Keep the work directory here.")
+def selftest(keep):
+    """A fast end-to-end check: synthetic DICOMs -> preprocess -> 1-epoch training -> evaluate."""
+    import tempfile
+
+    from pneumo_hpc.config import DataConfig, OptimConfig, RunConfig, TrainConfig
+    from pneumo_hpc.data.preprocess import PreprocessConfig, run_preprocess
+    from pneumo_hpc.data.synth import generate
+    from pneumo_hpc.train import train as run_train
+
+    with tempfile.TemporaryDirectory(prefix="pneumo-selftest-") as tmp:
+        work = Path(keep) if keep else Path(tmp)
+        generate(work / "rsna", n=24, seed=1, image_size=128)
+        manifest = run_preprocess(PreprocessConfig(rsna=work / "rsna", out=work / "prep", size=32, yolo_size=64,
+                                                   val_frac=0.25, seed=0, workers=1))
+        cfg = TrainConfig(data=DataConfig(path=work / "prep", augment="none"),
+                          optim=OptimConfig(epochs=1, batch_size=4),
+                          run=RunConfig(out=work / "run", results=work / "results.jsonl"))
+        metrics = run_train(cfg)
+        scored = evaluate_run(work / "run", work / "prep")
+        ok = manifest["n_ok"] + manifest["n_quarantined"] == 24 and abs(scored["accuracy"] - metrics["accuracy"]) < 1e-6
+        click.echo(json.dumps({"selftest": "ok" if ok else "FAILED", "n_ok": manifest["n_ok"],
+                               "accuracy": metrics["accuracy"], "python": sys.version.split()[0]}))
+        if not ok:
+            raise SystemExit(1)

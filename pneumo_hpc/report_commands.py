@@ -1,0 +1,31 @@
+"""`pneumo-hpc report`: results records -> report.md, report.csv, speedup/time/accuracy plots.
+
+    pneumo-hpc report runs/results.jsonl --out runs/report
+    pneumo-hpc report runs/results.jsonl runs/old-serial --out report --baseline "serial CNN (CPU)"
+"""
+import click
+
+
+@click.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=True))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for report.md, report.csv, speedup.png, time.png, accuracy.png.")
+@click.option("--baseline", default=None, metavar="LABEL",
+              help='Configuration label whose runs are the speedup baseline, e.g. "serial CNN (CPU)". '
+                   "Default: the serial runs of each kind/model/data/epochs group.")
+@click.option("--no-reference", is_flag=True, help="Leave out the reference study's published figures.")
+@click.option("--skip-bad-lines", is_flag=True,
+              help="Warn about and skip unreadable JSONL lines instead of stopping at the first one.")
+def report(results, out_dir, baseline, no_reference, skip_bad_lines):
+    """Scaling table (time, accuracy / mAP, throughput, speedup, efficiency, Amdahl fit) from RESULTS:
+    JSON Lines files, metrics.json files or run directories."""
+    from pneumo_hpc.report import ReportError, write_report
+    from pneumo_hpc.results import ResultsError, load_results
+
+    try:
+        records = load_results(results, strict=not skip_bad_lines)
+        written = write_report(records, out_dir, sources=results, baseline=baseline, reference=not no_reference)
+    except (ResultsError, ReportError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(written["markdown"])
+    click.echo(f"wrote {', '.join(str(p) for p in written['files'])}", err=True)
