@@ -51,6 +51,9 @@ test: $(STAMP) system ## the whole suite, real SLURM/Open MPI/Lmod included
 test-fast: $(STAMP) ## unit tests only (no services, no slow trainings)
 	$(BIN)/python -m pytest -m "not slurm and not mpi and not slow" $(PYTEST_ARGS)
 
+gpu-check: ## on a CUDA machine: serial/ddp/fsdp with NCCL + bf16 + compile, prints img/s
+	PY=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash benchmarks/gpu_check.sh
+
 clean:
 	rm -rf $(DEMO_DIR) build .pytest_cache
 
