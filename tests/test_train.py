@@ -152,3 +152,24 @@ def test_bad_input_gives_clear_errors(prep, tmp_path):
     assert r.returncode == 0  # world size 1: any batch divides
     r = run(cli("evaluate", "--run", tmp_path / "none", "--data", prep), check=False)
     assert r.returncode != 0 and "model.pt" in r.stderr
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_mpirun_two_ranks(strategy, mpirun, prep, tmp_path):
+    out = tmp_path / strategy
+    run([*mpirun, "-np", "2", *cli("train", "--data", prep, "--epochs", "1", "--batch-size", "16",
+                                   "--strategy", strategy, "--out", out)])
+    m = metrics(out)
+    assert (m["launcher"], m["world_size"], m["backend"], m["strategy"]) == ("mpi", 2, "gloo", strategy)
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_srun_two_ranks(strategy, slurm, prep, tmp_path):
+    out = tmp_path / strategy
+    run(["srun", "-n", "2", "-t", "5", "--kill-on-bad-exit=1",
+         *cli("train", "--data", prep, "--epochs", "1", "--batch-size", "16", "--strategy", strategy, "--out", out)],
+        env=slurm, timeout=300)
+    m = metrics(out)
+    assert (m["launcher"], m["world_size"], m["backend"], m["strategy"]) == ("slurm", 2, "gloo", strategy)
