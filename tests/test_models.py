@@ -1,0 +1,72 @@
+"""Models, augmentation and the parallel plan (unit level)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pneumo_hpc.augment import AlbumentationsAugment, TensorAugment, sample_seeds
+from pneumo_hpc.models import SmallCNN, build_model
+
+
+def test_small_cnn_is_the_reference_architecture():
+    m = SmallCNN(128)
+    convs = [l for l in m.modules() if isinstance(l, torch.nn.Conv2d)]
+    fcs = [l for l in m.modules() if isinstance(l, torch.nn.Linear)]
+    assert len(convs) == 2 and len(fcs) == 2 and fcs[-1].out_features == 1
+    assert m(torch.zeros(3, 1, 128, 128)).shape == (3,)
+
+
+def test_bf16_cpu_batch_24_does_not_crash():
+    """oneDNN's AMX bf16 GEMM raised SIGFPE for a 24 x 65536 x 128 product: the model must sidestep it."""
+    code = ("import torch; from pneumo_hpc.models import SmallCNN; m = SmallCNN(128)\n"
+            "with torch.autocast('cpu', dtype=torch.bfloat16):\n"
+            "    y = m(torch.randn(24, 1, 128, 128))\n"
+            "y.float().sum().backward(); print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, (proc.returncode, proc.stderr[-1000:])
+
+
+def test_resnet18_one_channel_and_user_weights(tmp_path):
+    from torchvision.models import resnet18
+
+    imagenet_like = resnet18(weights=None).state_dict()  # 3-channel stem, 1000-class head
+    path = tmp_path / "r18.pth"
+    torch.save(imagenet_like, path)
+    m = build_model("resnet18", weights=path)
+    assert torch.allclose(m.net.conv1.weight, imagenet_like["conv1.weight"].sum(1, keepdim=True))
+    assert torch.equal(m.net.layer1[0].conv1.weight, imagenet_like["layer1.0.conv1.weight"])
+    assert m(torch.zeros(2, 1, 128, 128)).shape == (2,)
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(Exception):
+        build_model("resnet18", weights=tmp_path / "bad.pth")
+
+
+@pytest.mark.parametrize("aug_cls", [AlbumentationsAugment, TensorAugment])
+def test_augmentation_depends_on_sample_not_on_batch_or_rank(aug_cls):
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 256, (16, 32, 32), dtype=np.uint8))
+    aug = aug_cls()
+    seeds = sample_seeds(0, 3, np.arange(16))
+    whole = aug(x, seeds)
+    ranks = [aug(x[r::2], seeds[r::2]) for r in range(2)]  # how two DDP ranks would see the same global batch
+    assert torch.equal(whole[0::2], ranks[0]) and torch.equal(whole[1::2], ranks[1])
+    changed = (whole != x).float().mean()
+    assert 0.2 < changed < 1.0  # it augments, and not everything (p=0.5 per transform)
+    other_epoch = aug(x, sample_seeds(0, 4, np.arange(16)))
+    assert not torch.equal(other_epoch, whole)
+
+
+def test_plan_rejects_a_global_batch_that_does_not_divide():
+    from types import SimpleNamespace
+
+    from pneumo_hpc.parallel import Plan
+
+    ctx = SimpleNamespace(world_size=3, rank=0, launcher="slurm", device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="multiple of 3"):
+        Plan.build("ddp", ctx, 32, "fp32", True)
+    with pytest.raises(ValueError, match="HINT"):
+        Plan.build("serial", ctx, 48, "fp32", True)
+    plan = Plan.build("fsdp", ctx, 48, "fp32", True)
+    assert plan.local_batch == 16 and not plan.channels_last  # FSDP2 needs contiguous parameters
