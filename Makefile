@@ -9,17 +9,17 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 N ?= 800
 EPOCHS ?= 10
-BATCH ?= 32
+BATCH ?= 48
 LR ?= 1e-3
 NPROC ?= 2
 PYTEST_ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 export YOLO_OFFLINE := 1
 
-.PHONY: help venv system demo test test-fast gpu-check scaling-cpu clean
+.PHONY: help venv system demo demo-data demo-detect test test-fast gpu-check scaling-cpu clean
 
 help:
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	bash containers/install.sh system   # mpi4py builds against the system Open MPI: it must come first
@@ -32,9 +32,13 @@ system: ## install Open MPI (and, for the tests, SLURM, munge, Lmod) when root
 	bash containers/install.sh system
 	bash containers/install.sh test-deps
 
-demo: $(STAMP) ## synthetic RSNA -> preprocess -> serial/DDP/FSDP training -> evaluate -> table
+$(DEMO_DIR)/prep/manifest.json: | $(STAMP)
 	$(BIN)/pneumo-hpc synth $(DEMO_DIR)/rsna --n $(N) --seed 0
 	$(BIN)/pneumo-hpc preprocess --rsna $(DEMO_DIR)/rsna --out $(DEMO_DIR)/prep --workers 2
+
+demo-data: $(DEMO_DIR)/prep/manifest.json ## synthetic RSNA download + preprocessing only
+
+demo: $(STAMP) demo-data ## synthetic RSNA -> preprocess -> serial/DDP/FSDP training -> evaluate -> table
 	rm -f $(DEMO_DIR)/runs/results.jsonl
 	$(BIN)/pneumo-hpc train --data $(DEMO_DIR)/prep --model small-cnn --epochs $(EPOCHS) --batch-size $(BATCH) \
 	  --lr $(LR) --strategy serial --out $(DEMO_DIR)/runs/serial
@@ -50,6 +54,27 @@ test: $(STAMP) system ## the whole suite, real SLURM/Open MPI/Lmod included
 
 test-fast: $(STAMP) ## unit tests only (no services, no slow trainings)
 	$(BIN)/python -m pytest -m "not slurm and not mpi and not slow" $(PYTEST_ARGS)
+
+DETECT_EPOCHS ?= 3
+DETECT_IMGSZ ?= 128
+demo-detect: $(STAMP) demo-data ## YOLOv8n on the demo data (CPU, small imgsz) -> Kaggle CSV -> RSNA metric
+	$(BIN)/pneumo-hpc detect train --data $(DEMO_DIR)/prep/yolo --model yolov8n.yaml --epochs $(DETECT_EPOCHS) \
+	  --imgsz $(DETECT_IMGSZ) --batch 16 --gpus 0 --out $(DEMO_DIR)/runs/yolo
+	$(BIN)/pneumo-hpc predict --detector $(DEMO_DIR)/runs/yolo --out $(DEMO_DIR)/preds.csv \
+	  --overlays $(DEMO_DIR)/overlays $(DEMO_DIR)/rsna/stage_2_train_images
+	$(BIN)/pneumo-hpc detect score --labels $(DEMO_DIR)/rsna/stage_2_train_labels.csv --submission $(DEMO_DIR)/preds.csv
+
+SCALING_RANKS ?= 2
+SCALING_DIR ?= $(DEMO_DIR)/scaling
+scaling-cpu: $(STAMP) demo-data ## serial vs DDP/FSDP at SCALING_RANKS (1 thread per rank) on the demo data -> report
+	rm -f $(SCALING_DIR)/results.jsonl
+	OMP_NUM_THREADS=1 $(BIN)/pneumo-hpc train --data $(DEMO_DIR)/prep --epochs $(EPOCHS) --batch-size $(BATCH) \
+	  --lr $(LR) --strategy serial --label "serial CNN (CPU)" --out $(SCALING_DIR)/serial --results $(SCALING_DIR)/results.jsonl
+	for n in $(SCALING_RANKS); do for s in ddp fsdp; do \
+	  OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc_per_node $$n -m pneumo_hpc train --data $(DEMO_DIR)/prep \
+	    --epochs $(EPOCHS) --batch-size $(BATCH) --lr $(LR) --strategy $$s --out $(SCALING_DIR)/$$s-$$n \
+	    --results $(SCALING_DIR)/results.jsonl; done; done
+	$(BIN)/pneumo-hpc report $(SCALING_DIR)/results.jsonl --out $(SCALING_DIR)/report
 
 gpu-check: ## on a CUDA machine: serial/ddp/fsdp with NCCL + bf16 + compile, prints img/s
 	PY=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash benchmarks/gpu_check.sh

@@ -6,7 +6,7 @@
 #   containers/install.sh test-deps  extra apt packages the test suite drives for real (SLURM, munge, PMIx, Lmod)
 #   containers/install.sh all        system + python
 #
-# Knobs: VENV (default .venv), PYTHON (python3), SRC (repo root), EXTRA_PIP (e.g. "-r requirements-dev.txt").
+# Knobs: VENV (default .venv), VENV_ARGS, PYTHON (python3), SRC (repo root), EXTRA_PIP (e.g. "-r requirements-dev.txt").
 set -euo pipefail
 
 SRC=${SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
@@ -35,7 +35,7 @@ apt_install() {  # apt_install PKG...: install only what is missing; needs root
 install_python() {
   if [ ! -x "$VENV/bin/python" ]; then
     echo "install.sh: creating $VENV"
-    "$PYTHON" -m venv "$VENV"
+    "$PYTHON" -m venv ${VENV_ARGS:-} "$VENV"  # VENV_ARGS=--system-site-packages reuses a base image torch
   fi
   local pip="$VENV/bin/python -m pip"
   # shellcheck disable=SC2086

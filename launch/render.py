@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""Render, and optionally submit, the sbatch script of one pneumo-hpc experiment (or the whole scaling table).
+
+    python3 launch/render.py fsdp GPUS=3 DATA=/scratch/prep RUNS_DIR=/scratch/runs            # print the script
+    python3 launch/render.py fsdp GPUS=3 DATA=/scratch/prep DRY_RUN=0 WAIT=1                  # sbatch --wait it
+    python3 launch/render.py scaling SCALING="serial cpu-ddp:2 fsdp:3" DATA=... DRY_RUN=0     # table + report job
+
+`make sbatch-<exp>` (launch/launch.mk) calls this with every launch variable. A rendered script has three parts,
+after MLPerf's run.sub: #SBATCH directives worked out from the experiment table below, an env-only config
+block (`export KEY=VALUE`, nothing else), and launch/job.sbatch verbatim, which fails fast on a missing
+variable and runs launch/task.sh once per rank. Standard library only: it runs on any login node's python3.
+"""
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+LAUNCH_DIR = Path(__file__).resolve().parent
+BODY = LAUNCH_DIR / "job.sbatch"
+
+# Every variable the make targets pass, with the defaults used when one is not given (launch.mk has the same).
+DEFAULTS = {
+    "PARTITION": "", "ACCOUNT": "", "QOS": "", "TIME": "01:00:00", "REPORT_TIME": "00:15:00", "MEM": "",
+    "NODES": "1", "GPUS": "2", "CPUS": "2", "THREADS": "1", "CPUS_PER_GPU": "2", "PREP_TASKS": "4",
+    "MPI": "pmix", "IFNAME": "", "SBATCH_ARGS": "",
+    "DATA": "data/prep", "RSNA": "data/rsna", "MODEL": "small-cnn", "EPOCHS": "10", "BATCH": "32", "LR": "1e-3",
+    "GPU_BACKEND": "auto", "IMG_SIZE": "128", "YOLO_SIZE": "416", "YOLO_MODEL": "yolov8n.yaml", "YOLO_BATCH": "16",
+    "RUNS_DIR": "runs", "RESULTS": "", "SIF": "", "APPTAINER": "apptainer", "PNEUMO_HPC_BIN": "",
+    "LAUNCH_DIR": str(LAUNCH_DIR), "REQUEUE_EXIT": "99", "MAX_REQUEUE": "3", "SIGNAL_SECONDS": "120",
+    "SCALING": "serial cpu-ddp:2 cpu-ddp:4 ddp:2 fsdp:3 yolo:4", "LABEL": "", "DRY_RUN": "1", "WAIT": "",
+}
+INTS = ("NODES", "GPUS", "CPUS", "THREADS", "CPUS_PER_GPU", "PREP_TASKS", "EPOCHS", "BATCH", "IMG_SIZE",
+        "YOLO_SIZE", "YOLO_BATCH", "REQUEUE_EXIT", "MAX_REQUEUE", "SIGNAL_SECONDS")
+PATHS = ("DATA", "RSNA", "RUNS_DIR", "RESULTS", "SIF", "LAUNCH_DIR")
+
+# experiment -> (mode, strategy, what it reproduces). Resources come from layout() below.
+EXPERIMENTS = {
+    "serial": ("train", "serial", "serial CNN on one CPU task (the study's 1x baseline)"),
+    "cpu-ddp": ("train", "ddp", "CPU DDP over gloo, one task per core"),
+    "ddp": ("train", "ddp", "GPU DDP, one task per GPU (NCCL; gloo on CPU when the GPUs have no CUDA)"),
+    "fsdp": ("train", "fsdp", "FSDP2, one task per GPU (NCCL; gloo on CPU when the GPUs have no CUDA)"),
+    "yolo": ("detect", "", "YOLOv8 detector: one task per node holding its GPUs (ultralytics spawns its workers)"),
+    "preprocess": ("preprocess", "", "RSNA DICOM -> arrays + YOLO set with dask-mpi (rank 0 scheduler, 1 client)"),
+    "report": ("report", "", "scaling table and plots from results.jsonl"),
+}
+# Variables the job body reads, per mode (the config block exports exactly these, empty or not).
+MODE_VARS = {
+    "train": ("DATA", "MODEL", "EPOCHS", "BATCH", "LR", "STRATEGY", "BACKEND", "LABEL"),
+    "detect": ("DATA", "YOLO_MODEL", "EPOCHS", "YOLO_SIZE", "YOLO_BATCH", "GPUS", "LABEL"),
+    "preprocess": ("RSNA", "DATA", "IMG_SIZE", "YOLO_SIZE"),
+    "report": (),
+}
+COMMON_VARS = ("PNEUMO_MODE", "PNEUMO_LABEL", "PNEUMO_GPU", "SRUN_MPI", "RUNS_DIR", "RESULTS", "LAUNCH_DIR",
+               "SIF", "APPTAINER", "PNEUMO_HPC_BIN", "IFNAME", "REQUEUE_EXIT", "MAX_REQUEUE")
+
+
+class LaunchError(ValueError):
+    pass
+
+
+def truthy(value):
+    return value.strip().lower() not in ("", "0", "no", "false", "off")
+
+
+def load_vars(assignments, cwd=None):
+    """KEY=VALUE strings over DEFAULTS -> validated dict (integers checked, paths made absolute)."""
+    values = dict(DEFAULTS)
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or key not in DEFAULTS:
+            raise LaunchError(f"unknown launch variable {item!r}; known: {' '.join(sorted(DEFAULTS))}")
+        values[key] = value
+    for key in INTS:
+        if not re.fullmatch(r"[0-9]+", values[key].strip()):
+            raise LaunchError(f"{key}={values[key]!r} must be a whole number (e.g. make sbatch-ddp {key}=2)")
+        values[key] = values[key].strip()
+    base = Path(cwd or os.getcwd())
+    for key in PATHS:  # jobs, srun steps and container binds all need the paths as seen from anywhere
+        if values[key]:
+            values[key] = os.path.normpath(base / os.path.expanduser(values[key]))
+    if "/" in values["PNEUMO_HPC_BIN"]:
+        values["PNEUMO_HPC_BIN"] = os.path.normpath(base / values["PNEUMO_HPC_BIN"])
+    if not values["RESULTS"]:
+        values["RESULTS"] = os.path.join(values["RUNS_DIR"], "results.jsonl")
+    return values
+
+
+def positive(values, key, hint):
+    n = int(values[key])
+    if n < 1:
+        raise LaunchError(f"{key}={n}: {hint}")
+    return n
+
+
+def layout(exp, v):
+    """Experiment + variables -> (label, #SBATCH resource options, exported extras).
+
+    The extras' LABEL names the configuration in the report the way the reference study's table does."""
+    nodes = positive(v, "NODES", "a job needs at least one node")
+    model = "" if v["MODEL"] == "small-cnn" else f" {v['MODEL']}"
+    if exp == "serial":
+        return ("serial", [("nodes", 1), ("ntasks", 1), ("cpus-per-task", v["THREADS"])],
+                {"BACKEND": "gloo", "LABEL": v["LABEL"] or f"serial {model.strip() or 'CNN'} (CPU)"})
+    if exp == "cpu-ddp":
+        n = positive(v, "CPUS", "CPU DDP needs at least one task (make sbatch-cpu-ddp CPUS=4)")
+        return (f"cpu-ddp-{n}", [("nodes", nodes), ("ntasks", n), ("cpus-per-task", v["THREADS"])],
+                {"BACKEND": "gloo", "LABEL": v["LABEL"] or f"{n}-CPU DDP{model}"})
+    if exp in ("ddp", "fsdp"):
+        g = positive(v, "GPUS", f"GPU {exp} needs GPUS>=1 per node (for CPU runs use make sbatch-cpu-ddp)")
+        return (f"{exp}-{nodes * g}", [("nodes", nodes), ("ntasks-per-node", g), ("gres", f"gpu:{g}"),
+                                       ("cpus-per-task", v["CPUS_PER_GPU"])],
+                {"BACKEND": v["GPU_BACKEND"], "LABEL": v["LABEL"] or f"{nodes * g}-GPU {exp.upper()}{model}"})
+    if exp == "yolo":
+        g = positive(v, "GPUS", "the detector needs GPUS>=1")
+        if nodes != 1:
+            raise LaunchError(f"NODES={nodes}: ultralytics trains on one node only (its own torchrun); use NODES=1")
+        return (f"yolo-{g}", [("nodes", 1), ("ntasks-per-node", 1), ("gres", f"gpu:{g}"),
+                              ("cpus-per-task", g * int(v["CPUS_PER_GPU"]))],
+                {"LABEL": v["LABEL"] or f"YOLOv8 ({g} GPU{'s' if g > 1 else ''})"})
+    if exp == "preprocess":
+        ranks = nodes * positive(v, "PREP_TASKS", "preprocess needs MPI ranks")
+        if ranks < 3:
+            raise LaunchError(f"NODES*PREP_TASKS={ranks}: dask-mpi needs at least 3 ranks "
+                              "(scheduler, client, one worker); raise PREP_TASKS")
+        return (f"preprocess-{ranks}", [("nodes", nodes), ("ntasks-per-node", v["PREP_TASKS"]),
+                                        ("cpus-per-task", v["THREADS"])], {})
+    if exp == "report":
+        return "report", [("nodes", 1), ("ntasks", 1), ("cpus-per-task", 1)], {}
+    raise LaunchError(f"unknown experiment {exp!r}; known: {', '.join(EXPERIMENTS)}, scaling")
+
+
+def check_batch(label, resources, v):
+    """BATCH is the global batch: the trainer refuses one that does not split evenly over the ranks."""
+    opts = dict(resources)
+    world = int(opts.get("ntasks") or int(opts["nodes"]) * int(opts["ntasks-per-node"]))
+    batch = int(v["BATCH"])
+    if batch % world:
+        fit = -(-batch // world) * world
+        raise LaunchError(f"BATCH={batch} is the global batch and must divide evenly over the {world} ranks of "
+                          f"{label}: use e.g. BATCH={fit} (BATCH=48 splits over 1, 2, 3, 4 and 6 ranks)")
+
+
+def version():
+    init = LAUNCH_DIR.parent / "pneumo_hpc" / "__init__.py"
+    match = re.search(r'__version__\s*=\s*"([^"]+)"', init.read_text()) if init.is_file() else None
+    return match.group(1) if match else "unknown"
+
+
+def render(exp, v):
+    """(label, full sbatch script text) for one experiment."""
+    mode, strategy, what = EXPERIMENTS.get(exp, (None, None, None))
+    label, resources, extra = layout(exp, v)
+    train = mode == "train"
+    if train:
+        check_batch(label, resources, v)
+    gpu = any(key == "gres" for key, _ in resources)
+    directives = [("job-name", f"pneumo-{label}"), *resources,
+                  ("time", v["REPORT_TIME"] if mode == "report" else v["TIME"]),
+                  ("output", os.path.join(v["RUNS_DIR"], f"{label}-%j.out")), ("open-mode", "append")]
+    if train:  # the batch shell traps USR1, forwards it to the ranks (checkpoint) and requeues the job
+        directives += [("signal", f"B:USR1@{v['SIGNAL_SECONDS']}"), ("requeue", None)]
+    for key in ("PARTITION", "ACCOUNT", "QOS", "MEM"):
+        if v[key]:
+            directives.append((key.lower(), v[key]))
+    config = dict(v, **extra, PNEUMO_MODE=mode, PNEUMO_LABEL=label, PNEUMO_GPU="1" if gpu else "0",
+                  STRATEGY=strategy, SRUN_MPI=v["MPI"] if mode == "preprocess" else "none")
+    lines = ["#!/bin/bash",
+             f"# pneumo-hpc {version()}: {label} - {what}",
+             f"# Rendered by launch/render.py (make sbatch-{exp}); change the make variables, not this file.",
+             *(f"#SBATCH --{key}" + ("" if value is None else f"={value}") for key, value in directives),
+             "set -euo pipefail",
+             "",
+             "# ---- config: environment only",
+             *(f"export {key}={shlex.quote(str(config[key]))}" for key in COMMON_VARS + MODE_VARS[mode]),
+             ""]
+    return label, "\n".join(lines) + BODY.read_text()
+
+
+def scaling_plan(v):
+    """SCALING="serial cpu-ddp:2 ..." -> [(experiment, variables)]; the number sets CPUS or GPUS."""
+    plan = []
+    for item in v["SCALING"].split():
+        exp, _, n = item.partition(":")
+        if exp not in EXPERIMENTS or exp in ("preprocess", "report"):
+            raise LaunchError(f"SCALING item {item!r}: expected serial, cpu-ddp:N, ddp:N, fsdp:N or yolo:N")
+        if n and not n.isdigit():
+            raise LaunchError(f"SCALING item {item!r}: the count after ':' must be a whole number")
+        overrides = {"cpu-ddp": "CPUS"}.get(exp, "GPUS") if n else None
+        pv = dict(v, LABEL="")  # one LABEL cannot name every configuration
+        plan.append((exp, dict(pv, **{overrides: n}) if overrides else pv))
+    if not plan:
+        raise LaunchError("SCALING is empty: list experiments like SCALING=\"serial cpu-ddp:2 fsdp:3\"")
+    return plan
+
+
+def check_inputs(exp, v):
+    """Before queueing: the inputs the job will read must exist (a missing one would fail only at run time)."""
+    mode = EXPERIMENTS[exp][0]
+    needed = {"train": ("DATA",), "detect": ("DATA",), "preprocess": ("RSNA",)}.get(mode, ())
+    for key in needed + (("SIF",) if v["SIF"] else ()):
+        if not os.path.exists(v[key]):
+            raise LaunchError(f"{key}={v[key]} does not exist (set {key}=... on the make command line)")
+
+
+def sbatch(label, script, v, wait=False, dependency=None):
+    """Submit a rendered script on stdin; returns the job id."""
+    cmd = ["sbatch", "--parsable"] + (["--wait"] if wait else [])
+    cmd += [f"--dependency=afterany:{':'.join(dependency)}"] if dependency else []
+    cmd += shlex.split(v["SBATCH_ARGS"])
+    os.makedirs(v["RUNS_DIR"], exist_ok=True)  # SLURM does not create the --output directory
+    try:
+        proc = subprocess.run(cmd, input=script, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise LaunchError("sbatch is not on PATH: submit from a SLURM login node, or render with DRY_RUN=1")
+    job_id = proc.stdout.strip().split(";")[0].splitlines()[0] if proc.stdout.strip() else ""
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        where = f" (job {job_id}: see {os.path.join(v['RUNS_DIR'], f'{label}-{job_id}.out')})" if job_id else ""
+        raise LaunchError(f"{' '.join(cmd)} exited {proc.returncode}{where}")
+    return job_id
+
+
+def main(argv):
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    exp, v = argv[0], load_vars(argv[1:])
+    dry, wait = truthy(v["DRY_RUN"]), truthy(v["WAIT"])
+    plan = scaling_plan(v) if exp == "scaling" else [(exp, v)]
+    scripts = [(e, *render(e, pv)) for e, pv in plan]
+    if exp == "scaling":
+        scripts.append(("report", *render("report", v)))
+    if dry:
+        for e, label, script in scripts:
+            if len(scripts) > 1:
+                dep = " --dependency=afterany:<" + ">:<".join(s[1] for s in scripts[:-1]) + ">" if e == "report" else ""
+                print(f"# ======== sbatch{dep} <<< {label}")
+            sys.stdout.write(script)
+        return 0
+    for e, pv in plan:
+        check_inputs(e, pv)
+    ids = []
+    for i, (e, label, script) in enumerate(scripts):
+        last = i == len(scripts) - 1
+        dep = ids if exp == "scaling" and last else None
+        job = sbatch(label, script, v, wait=wait and last, dependency=dep)
+        ids.append(job)
+        print(f"{label}: job {job} -> {os.path.join(v['RUNS_DIR'], f'{label}-{job}')}/", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except LaunchError as err:
+        sys.exit(f"launch/render.py: {err}")
