@@ -1,0 +1,1 @@
+"""Data: the RSNA reader, the synthetic generator, DICOM decoding, preprocessing."""
