@@ -1,0 +1,200 @@
+"""DICOM files -> Kaggle submission CSV (`patientId,PredictionString`), with optional classifier gating and overlays.
+
+    pneumo-hpc predict --detector runs/yolo --out preds.csv data/rsna/stage_2_test_images
+    pneumo-hpc predict --classifier runs/serial --detector runs/yolo --overlays preds_png --out preds.csv a.dcm b.dcm
+
+- patientId is the file's stem. Boxes are `conf x y w h` in the original image's pixels (1024 for RSNA files).
+- The detector sees the image as it was trained: greyscale, resized (INTER_AREA, no letterbox: RSNA images are
+  square, as `preprocess` does) to the imgsz it was trained at.
+- --classifier (optional): the classifier's probability of pneumonia gates the detector: below the threshold
+  (default: the classifier run's metrics.json "threshold", else 0.5) the image gets no boxes, whatever the detector
+  found. Gating removes false positives on normal images, which the RSNA metric punishes (an image without ground
+  truth and any box scores 0).
+- --detector is required: boxes come only from it.
+- A file that cannot be read (not DICOM, truncated, unsupported) is reported on stderr with the reason, counted,
+  and skipped; the run goes on. The CSV is written atomically at the end.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pneumo_hpc.detect import DetectError, atomic_write_text
+
+
+@dataclass
+class PredictConfig:
+    inputs: list
+    out: Path
+    detector: Path
+    classifier: Path | None = None
+    conf: float = 0.25
+    cls_threshold: float | None = None
+    overlays: Path | None = None
+    device: str = "auto"
+    batch: int = 16
+    imgsz: int | None = None  # default: the size the detector was trained at
+
+
+def find_inputs(inputs) -> list[Path]:
+    """Files as given (any name), directories expanded to their *.dcm files (recursively), in a stable order."""
+    files = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())
+            if not found:
+                raise DetectError(f"{path}: no .dcm files in this directory")
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            raise DetectError(f"{path}: no such file or directory")
+    return files
+
+
+def resolve_detector(spec) -> tuple[Path, int | None]:
+    """(weights, imgsz) from a `detect train` run directory (its metrics.json) or a weights file."""
+    spec = Path(spec).expanduser()
+    if spec.is_file():
+        return spec, None
+    metrics_path = spec / "metrics.json"
+    if not metrics_path.is_file():
+        raise DetectError(f"{spec}: neither a weights file nor a `detect train` run (no metrics.json). "
+                          "HINT: --detector is the --out of `pneumo-hpc detect train`, or a .pt file")
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise DetectError(f"{metrics_path}: unreadable ({e})") from e
+    candidates = [Path(metrics["weights"])] if metrics.get("weights") else []
+    candidates += [spec / "ultralytics" / "train" / "weights" / name for name in ("best.pt", "last.pt")]
+    for weights in candidates:
+        if weights.is_file():
+            return weights, metrics.get("imgsz")
+    raise DetectError(f"{spec}: no detector weights (looked for {', '.join(map(str, candidates))})")
+
+
+def _pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "0" if torch.cuda.is_available() else "cpu"
+
+
+class ClassifierGate:
+    """Probability of pneumonia from a classifier run (`pneumo-hpc train --out RUN`)."""
+
+    def __init__(self, run_dir: Path, device: str, threshold: float | None):
+        from pneumo_hpc.commands import load_classifier
+
+        self.torch_device = "cpu" if device == "cpu" else f"cuda:{device.split(',')[0]}"
+        self.model, self.meta = load_classifier(Path(run_dir), device=self.torch_device)
+        self.size = int(self.meta["size"])
+        if threshold is None:
+            try:
+                threshold = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))["threshold"]
+            except (OSError, ValueError, KeyError):
+                threshold = 0.5
+        self.threshold = float(threshold)
+
+    def probabilities(self, images) -> list[float]:
+        import cv2
+        import numpy as np
+        import torch
+
+        from pneumo_hpc.augment import to_input
+        from pneumo_hpc.models import predict_proba
+
+        # the classifier's preprocessing: full decode + INTER_AREA to its size, then its fixed normalisation
+        small = np.stack([cv2.resize(im, (self.size, self.size), interpolation=cv2.INTER_AREA) for im in images])
+        with torch.inference_mode():
+            x = to_input(torch.from_numpy(small).to(self.torch_device), channels_last=False)
+            return predict_proba(self.model, x).reshape(-1).cpu().tolist()
+
+
+def draw_overlay(image, boxes, path: Path, note: str = "") -> None:
+    """The image with its boxes and confidences drawn, as PNG."""
+    import cv2
+
+    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    scale = max(image.shape) / 1024
+    thick, font = max(1, round(3 * scale)), max(0.4, 1.0 * scale)
+    for conf, x, y, w, h in boxes:
+        p1, p2 = (round(x), round(y)), (round(x + w), round(y + h))
+        cv2.rectangle(canvas, p1, p2, (0, 0, 255), thick)
+        cv2.putText(canvas, f"{conf:.2f}", (p1[0], max(p1[1] - 6, 12)), cv2.FONT_HERSHEY_SIMPLEX, font,
+                    (0, 0, 255), thick)
+    if note:
+        cv2.putText(canvas, note, (10, round(30 * scale) + 10), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 200, 255), thick)
+    ok, buf = cv2.imencode(".png", canvas)
+    if not ok:
+        raise DetectError(f"{path}: PNG encoding failed")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buf.tobytes())
+    tmp.replace(path)
+
+
+def predict(cfg: PredictConfig, warn=None) -> dict:
+    """Write the submission CSV (and overlays); returns counts. `warn(msg)` reports skipped files (stderr)."""
+    import cv2
+
+    from pneumo_hpc.data.dicom import BadImage, read_pixels
+    from pneumo_hpc.detect.rsna_metric import format_prediction_string
+    from pneumo_hpc.detect.yolo import detect_boxes, load_model
+
+    warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if not 0 <= cfg.conf <= 1:
+        raise DetectError(f"--conf must be within 0..1, got {cfg.conf}")
+    files = find_inputs(cfg.inputs)
+    weights, run_imgsz = resolve_detector(cfg.detector)
+    device = _pick_device(cfg.device)
+    detector = load_model(str(weights))[0]
+    imgsz = int(cfg.imgsz or run_imgsz or detector.overrides.get("imgsz") or 416)
+    gate = ClassifierGate(cfg.classifier, device, cfg.cls_threshold) if cfg.classifier else None
+    if cfg.overlays:
+        Path(cfg.overlays).mkdir(parents=True, exist_ok=True)
+
+    rows, bad, gated, n_boxes, seen = [], [], 0, 0, {}
+    for start in range(0, len(files), cfg.batch):
+        ids, images = [], []
+        for path in files[start:start + cfg.batch]:
+            pid = path.stem
+            if pid in seen:
+                bad.append(str(path))
+                warn(f"predict: skipped {path}: patientId {pid} already taken by {seen[pid]}")
+                continue
+            try:
+                images.append(read_pixels(path))
+            except BadImage as e:  # its message names the file and the reason
+                bad.append(str(path))
+                warn(f"predict: skipped {e}")
+                continue
+            seen[pid] = path
+            ids.append(pid)
+        if not images:
+            continue
+        small = [cv2.resize(im, (imgsz, imgsz), interpolation=cv2.INTER_AREA) for im in images]
+        found = detect_boxes(detector, small, imgsz=imgsz, conf=cfg.conf, device=device, batch=cfg.batch)
+        probs = gate.probabilities(images) if gate else [None] * len(images)
+        for pid, image, boxes, prob in zip(ids, images, found, probs):
+            sy, sx = image.shape[0] / imgsz, image.shape[1] / imgsz
+            boxes = [(c, x * sx, y * sy, w * sx, h * sy) for c, x, y, w, h in boxes]
+            note = ""
+            if prob is not None and prob < gate.threshold:
+                gated += bool(boxes)
+                note = f"classifier p={prob:.3f} < {gate.threshold:g}: {len(boxes)} box(es) dropped"
+                boxes = []
+            n_boxes += len(boxes)
+            rows.append((pid, format_prediction_string(boxes)))
+            if cfg.overlays:
+                draw_overlay(image, boxes, Path(cfg.overlays) / f"{pid}.png", note)
+    if not rows:
+        raise DetectError(f"none of the {len(files)} input file(s) could be read (see the messages above)")
+    lines = ["patientId,PredictionString"] + [f"{pid},{text}" for pid, text in rows]
+    atomic_write_text(cfg.out, "\n".join(lines) + "\n")
+    return {"out": str(cfg.out), "n_files": len(files), "n_predicted": len(rows), "n_bad": len(bad),
+            "n_boxes": n_boxes, "n_gated": gated, "bad_files": bad, "weights": str(weights), "imgsz": imgsz,
+            "conf": cfg.conf, "cls_threshold": gate.threshold if gate else None}
