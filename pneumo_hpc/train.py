@@ -59,6 +59,15 @@ def _set_threads(ctx) -> int:
     return torch.get_num_threads()
 
 
+def _rank_mean(t: torch.Tensor) -> float:
+    """Mean over ranks: the loss bookkeeping saved in a checkpoint (by rank 0) must hold for every rank."""
+    t = t.detach().clone().float()
+    if dist.is_initialized():
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return float(t)
+
+
 def _gather(array: np.ndarray) -> np.ndarray:
     if not dist.is_initialized():
         return array
@@ -181,7 +190,7 @@ def _train(cfg: TrainConfig, ctx) -> dict:
             if (done % cfg.run.sync_every == 0 or hook or done == steps) and stop.agreed(plan.device):
                 if done == steps:
                     break  # the epoch is complete anyway: finish it normally, then stop below
-                state["loss_sum"] += float(loss_acc); state["loss_n"] += step + 1 - state["step"]
+                state["loss_sum"] += _rank_mean(loss_acc); state["loss_n"] += step + 1 - state["step"]
                 state["step"] = done
                 state["epoch_time_s"] += time.perf_counter() - t0
                 state["train_time_s"] += time.perf_counter() - t0
@@ -194,13 +203,10 @@ def _train(cfg: TrainConfig, ctx) -> dict:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         bar.close()
-        state["loss_sum"] += float(loss_acc); state["loss_n"] += steps - state["step"]
+        state["loss_sum"] += _rank_mean(loss_acc); state["loss_n"] += steps - state["step"]
         state["train_time_s"] += dt
         state["epoch_time_s"] += dt
-        train_loss = torch.tensor([state["loss_sum"] / max(1, state["loss_n"])], device=plan.device)
-        if dist.is_initialized():
-            dist.all_reduce(train_loss)
-            train_loss /= plan.world_size
+        train_loss = state["loss_sum"] / max(1, state["loss_n"])
         val = evaluate_split(model, val_set, plan)
         record = {"epoch": epoch + 1, "train_loss": float(train_loss), "epoch_time_s": round(state["epoch_time_s"], 4),
                   "samples_per_s": round(steps * o.batch_size / state["epoch_time_s"], 2), **val}

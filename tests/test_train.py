@@ -13,7 +13,8 @@ import pytest
 from conftest import VENV_BIN, run, tool_env
 from prep_fake import make_prep
 
-TRAIN = ["--epochs", "4", "--batch-size", "16", "--lr", "3e-3", "--augment", "albumentations"]
+# fp32: the equivalence tests compare computations, and bf16 rounding differs with the per-rank batch shape
+TRAIN = ["--epochs", "4", "--batch-size", "16", "--lr", "3e-3", "--augment", "albumentations", "--precision", "fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_two_ranks_match_serial(strategy, serial_run, prep, tmp_path):
     assert m["local_batch_size"] == 8 and m["batch_size"] == s["batch_size"]
     assert abs(m["accuracy"] - s["accuracy"]) <= 0.015, (m["accuracy"], s["accuracy"])
     for a, b in zip(m["history"], s["history"]):  # the loss curves agree, not only the end point
-        assert abs(a["train_loss"] - b["train_loss"]) < 0.02, (a, b)
+        assert abs(a["train_loss"] - b["train_loss"]) < 2e-3, (a, b)
 
 
 @pytest.mark.parametrize("strategy,ranks", [("serial", 1), ("fsdp", 2)])
@@ -93,7 +94,7 @@ def test_interrupted_then_resumed_matches_uninterrupted(strategy, ranks, serial_
     assert len(resumed["history"]) == 4
     assert abs(resumed["accuracy"] - reference["accuracy"]) <= 0.015
     for a, b in zip(resumed["history"], reference["history"]):
-        assert abs(a["train_loss"] - b["train_loss"]) < 0.02, (a, b)
+        assert abs(a["train_loss"] - b["train_loss"]) < 2e-3, (a, b)
 
 
 def test_sigterm_checkpoints_at_step_boundary_and_exits_99(prep, tmp_path):
