@@ -9,6 +9,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class CpuFp32Linear(nn.Linear):
+    """A Linear whose CPU product is always fp32, whatever dtype its input and (FSDP-gathered) weights arrive in.
+
+    oneDNN's AMX bf16 GEMM dies with SIGFPE on some shapes (batch 24 x 65536 x 128, small-cnn's fc1 at 128 px, on
+    torch 2.14.1). The layer is ~10% of small-cnn's FLOPs (conv2 dominates), so computing it in fp32 costs little,
+    while its weights may still travel in bf16 (FSDP all-gathers): rounding as bf16 compute would, no crash.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and (x.dtype != torch.float32 or self.weight.dtype != torch.float32
+                                       or torch.is_autocast_enabled("cpu")):
+            with torch.autocast("cpu", enabled=False):
+                bias = None if self.bias is None else self.bias.float()
+                return F.linear(x.float(), self.weight.float(), bias).to(x.dtype)  # callers see their own dtype
+        return super().forward(x)
+
+
 class SmallCNN(nn.Module):
     """The reference study's classifier: 2 conv (ReLU, max-pool) + 2 fully-connected layers, 128x128 grayscale."""
 
@@ -18,20 +35,13 @@ class SmallCNN(nn.Module):
             raise ValueError(f"small-cnn needs an input size divisible by 4, got {size}")
         self.conv1 = nn.Conv2d(1, width, 3, padding=1)
         self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
-        self.fc1 = nn.Linear(2 * width * (size // 4) ** 2, hidden)
+        self.fc1 = CpuFp32Linear(2 * width * (size // 4) ** 2, hidden)
         self.fc2 = nn.Linear(hidden, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        h = x.flatten(1)
-        if h.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # oneDNN's AMX bf16 GEMM dies with SIGFPE on some shapes of this layer (batch 24 x 65536 x 128 on
-            # torch 2.14.1); it is ~10% of the model's FLOPs (conv2 dominates), so on CPUs it stays in fp32.
-            with torch.autocast("cpu", enabled=False):
-                h = F.relu(self.fc1(h.float()))
-        else:
-            h = F.relu(self.fc1(h))
+        h = F.relu(self.fc1(x.flatten(1)))
         # a fresh tensor, not a view: FSDP2's backward hook on a view output can be dropped by in-place ops
         return self.fc2(h)[:, 0].clone()
 

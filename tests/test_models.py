@@ -19,11 +19,14 @@ def test_small_cnn_is_the_reference_architecture():
 
 
 def test_bf16_cpu_batch_24_does_not_crash():
-    """oneDNN's AMX bf16 GEMM raised SIGFPE for a 24 x 65536 x 128 product: the model must sidestep it."""
+    """oneDNN's AMX bf16 GEMM raised SIGFPE for a 24 x 65536 x 128 product: the model must sidestep it, under
+    autocast and with bf16 weights alike."""
     code = ("import torch; from pneumo_hpc.models import SmallCNN; m = SmallCNN(128)\n"
             "with torch.autocast('cpu', dtype=torch.bfloat16):\n"
             "    y = m(torch.randn(24, 1, 128, 128))\n"
-            "y.float().sum().backward(); print('ok')")
+            "y.float().sum().backward()\n"
+            "m16 = SmallCNN(128).to(torch.bfloat16)  # FSDP2 with a bf16 MixedPrecisionPolicy hands fc1 bf16 weights\n"
+            "m16(torch.randn(24, 1, 128, 128, dtype=torch.bfloat16)).float().sum().backward(); print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "ok" in proc.stdout, (proc.returncode, proc.stderr[-1000:])
 
