@@ -19,24 +19,16 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from pneumo_hpc.atomic import write_text, write_with
 from pneumo_hpc.parallel import unwrap
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text(path, text, durable=True)
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_with(path, lambda f: torch.save(obj, f))
 
 
 def _barrier():

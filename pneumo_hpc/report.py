@@ -19,14 +19,13 @@ Rules (also stated in report.md):
 import csv
 import io
 import math
-import os
 import statistics
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from pneumo_hpc import reference as ref
+from pneumo_hpc.atomic import write_bytes
 from pneumo_hpc.results import SOURCE_KEY
 
 KINDS = ("classifier", "detector")
@@ -486,17 +485,7 @@ def plot_accuracy(rows, reference=True) -> bytes:
 
 # --- output --------------------------------------------------------------------------------------------------------
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Readers (a browser on report.md, a job globbing *.csv) never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+atomic_write = write_bytes  # readers (a browser on report.md, a job globbing *.csv) never see half a file
 
 
 def write_report(records, out_dir, sources=(), baseline=None, reference=True) -> dict:

@@ -12,8 +12,6 @@ and the reason.
 from __future__ import annotations
 
 import io
-import os
-import uuid
 import warnings
 from pathlib import Path
 
@@ -23,6 +21,8 @@ import pydicom
 import pydicom.datadict
 import pydicom.encaps
 import pydicom.pixels
+
+from pneumo_hpc.atomic import write_bytes
 import pydicom.uid
 from pydicom.dataset import Dataset, FileMetaDataset
 
@@ -188,18 +188,7 @@ def read_image(path, size: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------- writing
 
-def write_bytes_atomic(path, data: bytes) -> None:
-    """Write to a temp file in the same directory, then rename: readers never see half a file."""
-    path = Path(path)
-    # open(..., "xb") rather than mkstemp: the file gets the umask's permissions, not 0600
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+write_bytes_atomic = write_bytes
 
 
 def encode_jpeg(pixels: np.ndarray, quality: int = 95) -> bytes:

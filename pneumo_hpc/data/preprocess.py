@@ -25,12 +25,12 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pneumo_hpc.atomic import write_with
 from pneumo_hpc.data import rsna, yolo
 
 CLUSTERS = ("local", "mpi")
@@ -78,22 +78,7 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ atomic writes
 
-def _write_atomic(path: Path, write) -> None:
-    """write(file object) into a temp file beside path, then rename over it.
-
-    open(..., "xb") rather than mkstemp: mkstemp makes 0600 files, and outputs on a shared cluster filesystem
-    must keep the user's umask.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+_write_atomic = write_with
 
 
 def _write_bytes(path: Path, data: bytes) -> None:

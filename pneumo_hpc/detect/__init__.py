@@ -9,24 +9,12 @@ Kaggle-format predictions from DICOM files.
 
 Importing this package is cheap: ultralytics and torch are imported inside the functions that use them.
 """
-import os
-import tempfile
-from pathlib import Path
+
+from pneumo_hpc.atomic import write_text
 
 
 class DetectError(ValueError):
     """Bad input or setup for a detection command; the message names the file or setting and how to fix it."""
 
 
-def atomic_write_text(path, text: str) -> None:
-    """Write via a temp file in the same directory and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+atomic_write_text = write_text
