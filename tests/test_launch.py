@@ -257,6 +257,23 @@ def scontrol_job(env, job):
     return dict(re.findall(r"(\w+)=(\S*)", out))
 
 
+def node_is_idle(env):
+    out = run(["scontrol", "show", "node"], env=env).stdout
+    return re.search(r"\bState=IDLE\b", out) is not None and "CPUAlloc=0" in out
+
+
+def why(env, job, log):
+    """Everything that explains a job's state: scontrol, the controller's and slurmd's lines on it, the job log."""
+    lines = [run(["scontrol", "show", "job", job], env=env, check=False).stdout]
+    base = Path(env["SLURM_CONF"]).parents[1] / "state" / "log"
+    for name in ("slurmctld.log", "slurmd.log"):
+        if (base / name).is_file():
+            lines += [f"--- {name}"] + [ln for ln in (base / name).read_text(errors="replace").splitlines()
+                                         if re.search(rf"(JobId=|job |\[|StepId=){job}\b", ln)][-40:]
+    lines += ["--- job log", log.read_text() if log.is_file() else "(none)"]
+    return "\n".join(lines)
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_time_limit_signal_checkpoints_requeues_and_resumes(slurm, prep_dir, tmp_path):
@@ -271,17 +288,22 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes(slurm, prep_dir, tmp
         assert time.time() < deadline, f"job {job} did not finish an epoch: {log.read_text() if log.is_file() else ''}"
         time.sleep(1)
     run(["scancel", "--batch", "--signal=USR1", job], env=slurm)
-    while True:  # SLURM holds a requeued job back ~2 minutes; start it now instead of waiting out the delay
+    # SLURM holds a requeued job back ~2 minutes (BeginTime), which also lets the first run's batch step finish
+    # tearing down. Start it now instead, but only once that teardown is over: a restart that overlaps the old
+    # step's completion can be marked FAILED by it (seen once in CI).
+    while True:
         info = scontrol_job(slurm, job)
-        if info.get("Restarts") == "1" and info.get("JobState") == "PENDING":
-            run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm)
+        if info.get("Restarts") == "1" and info.get("JobState") == "PENDING" and node_is_idle(slurm) \
+                and run(["pgrep", "-f", f"slurmstepd: \\[{job}\\."], check=False).returncode != 0:
             break
-        assert info.get("JobState") not in FINAL_STATES, f"{info}\n{log.read_text()}"
-        assert time.time() < deadline, f"job {job} was not requeued: {log.read_text()}"
+        assert info.get("JobState") not in FINAL_STATES, why(slurm, job, log)
+        assert time.time() < deadline, f"job {job} was not requeued: {why(slurm, job, log)}"
         time.sleep(1)
+    time.sleep(1)
+    run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm)
     while scontrol_job(slurm, job).get("JobState") != "COMPLETED":
-        assert scontrol_job(slurm, job).get("JobState") not in FINAL_STATES, log.read_text()
-        assert time.time() < deadline + 240, f"job {job} did not complete: {log.read_text()}"
+        assert scontrol_job(slurm, job).get("JobState") not in FINAL_STATES, why(slurm, job, log)
+        assert time.time() < deadline + 240, f"job {job} did not complete: {why(slurm, job, log)}"
         time.sleep(2)
     text = log.read_text()  # --open-mode=append: both runs in one log
     assert "checkpointed" in text and "exit 99" in text, text
