@@ -23,20 +23,35 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
 
+def reference_cnn():
+    """small-cnn as the reference study computes it: ReLU before each max-pool (the kit pools first)."""
+    import torch.nn.functional as F
+
+    from pneumo_hpc.models import SmallCNN
+
+    class ReferenceCNN(SmallCNN):
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+            return self.fc2(F.relu(F.linear(x.flatten(1), self.fc1.weight, self.fc1.bias)))[:, 0]
+
+    return ReferenceCNN
+
+
 def reference_loop(prep: Path, epochs: int, batch: int = 64) -> float:
-    """The reference study's style: fp32, eager, NCHW, per-sample albumentations, batch 64."""
+    """The reference study's style: fp32, eager, NCHW, per-sample albumentations, default Adam, batch 64."""
     import numpy as np
     import torch
     import torch.nn.functional as F
 
     from pneumo_hpc.augment import AlbumentationsAugment, sample_seeds, to_input
     from pneumo_hpc.dataset import load_split
-    from pneumo_hpc.models import SmallCNN
 
     torch.set_num_threads(1)
+    ReferenceCNN = reference_cnn()
     split = load_split(prep, "train")
     images, labels = torch.from_numpy(split.images), torch.from_numpy(split.labels).float()
-    model = SmallCNN(split.size)
+    model = ReferenceCNN(split.size)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     aug = AlbumentationsAugment()
     n = len(split) // batch * batch

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pneumo_hpc.config import AUGMENTS, BACKENDS, MODELS, PRECISIONS, STRATEGIES
+from pneumo_hpc.config import AUGMENTS, BACKENDS, GRAD_COMPRESS, MODELS, PRECISIONS, STRATEGIES
 
 
 def _fail(exc: Exception):
@@ -28,6 +28,9 @@ def _fail(exc: Exception):
 @click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: bf16 on GPUs and on CPUs with native bf16 (AMX/AVX512-BF16), else fp32.")
+@click.option("--grad-compress", type=click.Choice(GRAD_COMPRESS), default="none", show_default=True,
+              help="DDP: send gradients in bf16 (half the bytes, for slow networks; rounds them, so DDP no longer "
+                   "computes exactly what serial does).")
 @click.option("--augment", type=click.Choice(AUGMENTS), default="auto", show_default=True,
               help="auto: albumentations on CPU, tensor ops on the GPU.")
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="torch.compile the model.")
@@ -40,7 +43,8 @@ def _fail(exc: Exception):
 @click.option("--timeout", "timeout_s", type=int, default=300, show_default=True,
               help="Seconds any collective may wait before a dead rank fails the run.")
 @click.option("--stop-after-steps", type=int, hidden=True)
-def train(data, model, weights, epochs, batch_size, lr, weight_decay, strategy, backend, device, precision, augment,
+def train(data, model, weights, epochs, batch_size, lr, weight_decay, strategy, backend, device, precision, grad_compress,
+          augment,
           compile_, channels_last, seed, out, resume, results, label, timeout_s, stop_after_steps):
     """Train the pneumonia classifier (serial, DDP or FSDP; any launcher)."""
     from pneumo_hpc.config import DataConfig, ModelConfig, OptimConfig, ParallelConfig, RunConfig, TrainConfig
@@ -51,7 +55,8 @@ def train(data, model, weights, epochs, batch_size, lr, weight_decay, strategy, 
         model=ModelConfig(name=model, weights=weights),
         optim=OptimConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay),
         parallel=ParallelConfig(strategy=strategy, backend=backend, device=device, precision=precision,
-                                compile=compile_, channels_last=channels_last, timeout_s=timeout_s),
+                                compile=compile_, channels_last=channels_last, grad_compress=grad_compress,
+                                timeout_s=timeout_s),
         run=RunConfig(out=out, seed=seed, resume=resume, results=results, label=label,
                       stop_after_steps=stop_after_steps),
     )
