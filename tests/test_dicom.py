@@ -5,7 +5,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from pneumo_hpc.data.dicom import BadImage, read_image, read_pixels, write_dicom
+from pneumo_hpc.data.dicom import BadImage, read_image, read_pixels, read_scaled, resize, write_dicom
 from pneumo_hpc.data.synth import CLASSES, make_patient
 
 
@@ -99,6 +99,20 @@ def test_fast_path_matches_reference_decode(tmp_path, radiograph, size):
     fast = read_image(path, size)
     assert fast.shape == (size, size) and fast.dtype == np.uint8
     assert np.abs(fast.astype(int) - reference_128(path, size)).max() <= 1
+
+
+@pytest.mark.parametrize("size,yolo_size,decoded", [(128, 416, 512), (128, 640, 1024), (64, 256, 256)])
+def test_one_decode_for_both_sizes_keeps_parity(tmp_path, radiograph, size, yolo_size, decoded):
+    """Preprocessing decodes once, as coarse as the YOLO size allows; the classifier image still matches the
+    reference within 1 grey level, and the header's full size comes back for the boxes."""
+    path = tmp_path / "rsna.dcm"
+    write_dicom(path, radiograph)
+    img, shape = read_scaled(path, size, min_side=yolo_size)
+    assert img.shape == (decoded, decoded) and shape == (1024, 1024)
+    assert np.abs(resize(img, size).astype(int) - reference_128(path, size)).max() <= 1
+    full = pydicom.pixels.pixel_array(pydicom.dcmread(path), decoding_plugin="pillow")
+    yolo_ref = cv2.resize(full, (yolo_size, yolo_size), interpolation=cv2.INTER_AREA)
+    assert np.abs(resize(img, yolo_size).astype(int) - yolo_ref).mean() < 0.5  # a picture for YOLO, near enough
 
 
 def test_non_square_is_resized_to_square(tmp_path, radiograph):

@@ -22,9 +22,10 @@ import pydicom.datadict
 import pydicom.encaps
 import pydicom.pixels
 
-from pneumo_hpc.atomic import write_bytes
 import pydicom.uid
 from pydicom.dataset import Dataset, FileMetaDataset
+
+from pneumo_hpc.atomic import write_bytes
 
 # Secondary Capture: what the RSNA conversion wrote (the images are re-encoded exports, not CR originals).
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -156,34 +157,45 @@ def _is_rsna_jpeg(ds: Dataset) -> bool:
             and int(ds.BitsStored) == 8 and int(ds.get("NumberOfFrames", 1) or 1) == 1)
 
 
-def _reduction(rows: int, cols: int, size: int) -> tuple[int, int]:
-    """(factor, imdecode flag): decode at 1/factor when what is left to do is an exact integer INTER_AREA."""
+def _reduction(rows: int, cols: int, size: int, min_side: int = 0) -> tuple[int, int]:
+    """(factor, imdecode flag): decode at 1/factor when what is left to do is an exact integer INTER_AREA to `size`
+    and the decoded sides stay >= min_side."""
     for factor, flag in _REDUCED:
-        if rows == cols and rows % factor == 0 and (rows // factor) % size == 0:
+        if rows == cols and rows % factor == 0 and (rows // factor) % size == 0 and rows // factor >= min_side:
             return factor, flag
     return 1, cv2.IMREAD_GRAYSCALE
 
 
-def read_image(path, size: int) -> np.ndarray:
-    """uint8 (size, size) image; JPEG Baseline 8-bit MONOCHROME2 decodes straight from the JPEG frame."""
+def read_scaled(path, size: int, min_side: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
+    """(image, (rows, cols)): the image at the coarsest JPEG scale from which `size` is an exact integer INTER_AREA
+    and whose sides stay >= min_side (full resolution for anything but the RSNA JPEG files); (rows, cols) is the
+    full size from the header, which box coordinates refer to. One decode serves several target sizes."""
     if int(size) < 1:
         raise ValueError(f"size must be a positive number of pixels, not {size!r}")
     ds = _load(path)
     if not _is_rsna_jpeg(ds):
         img = _pixels(ds, path)
-    else:
-        frame = np.frombuffer(_jpeg_frame(ds, path), np.uint8)
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        factor, flag = _reduction(rows, cols, size)
-        img = cv2.imdecode(frame, flag)
-        if img is None:
-            raise BadImage(f"{path}: cannot decode the JPEG Baseline frame ({frame.size} bytes)")
-        if img.shape != (rows // factor, cols // factor):
-            raise BadImage(f"{path}: JPEG frame is {img.shape[1] * factor}x{img.shape[0] * factor}, "
-                           f"header says {cols}x{rows}")
-    if img.shape != (size, size):
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-    return img
+        return img, img.shape
+    frame = np.frombuffer(_jpeg_frame(ds, path), np.uint8)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    factor, flag = _reduction(rows, cols, size, min_side)
+    img = cv2.imdecode(frame, flag)
+    if img is None:
+        raise BadImage(f"{path}: cannot decode the JPEG Baseline frame ({frame.size} bytes)")
+    if img.shape != (rows // factor, cols // factor):
+        raise BadImage(f"{path}: JPEG frame is {img.shape[1] * factor}x{img.shape[0] * factor}, "
+                       f"header says {cols}x{rows}")
+    return img, (rows, cols)
+
+
+def read_image(path, size: int) -> np.ndarray:
+    """uint8 (size, size) image; JPEG Baseline 8-bit MONOCHROME2 decodes straight from the JPEG frame."""
+    return resize(read_scaled(path, size)[0], size)
+
+
+def resize(img: np.ndarray, size: int) -> np.ndarray:
+    """(size, size) by pixel-area averaging (the reference resize the fast path is held to)."""
+    return img if img.shape == (size, size) else cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
 
 
 # ---------------------------------------------------------------------------------------------------------- writing

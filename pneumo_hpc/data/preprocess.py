@@ -34,7 +34,7 @@ from pneumo_hpc.atomic import write_with
 from pneumo_hpc.data import rsna, yolo
 
 CLUSTERS = ("local", "mpi")
-CACHE_VERSION = "v1"
+CACHE_VERSION = "v2"  # v2: one reduced decode serves the classifier and YOLO sizes
 # Test hook: a path; the first chunk run inside a Dask worker creates it and kills its own worker process, so
 # the tests can check that Dask reschedules the chunk and nothing is lost or duplicated. Never set it otherwise.
 KILL_WORKER_ENV = "PNEUMO_HPC_TEST_KILL_WORKER_ONCE"
@@ -149,7 +149,7 @@ def process_chunk(task: dict) -> dict:
 
 
 def _process_chunk(task: dict, cv2) -> dict:
-    from pneumo_hpc.data.dicom import BadImage, read_image, read_pixels
+    from pneumo_hpc.data.dicom import BadImage, read_scaled, resize
 
     items, size, yolo_size = task["items"], task["size"], task["yolo_size"]
     cache = Path(task["cache"])
@@ -180,21 +180,16 @@ def _process_chunk(task: dict, cv2) -> dict:
         if not ok[i]:
             continue
         try:
-            # YOLO needs the full image (its size for the boxes, and a second resize): decode once, resize twice
-            pixels = read_pixels(path) if yolo_size else read_image(path, size)
+            # one decode serves both sizes: as coarse as the YOLO size allows (1024 -> 512 for 416), and an
+            # exact integer reduction to the classifier size
+            pixels, shapes[i] = read_scaled(path, size, min_side=yolo_size)
         except BadImage as e:
             # the path has its own column in quarantine.csv; without it cached reasons survive a moved download
             ok[i], reasons[i] = False, str(e).removeprefix(f"{path}: ")
             continue
-        shapes[i] = pixels.shape
-        if pixels.shape != (size, size):
-            images[i] = cv2.resize(pixels, (size, size), interpolation=cv2.INTER_AREA)
-        else:
-            images[i] = pixels
+        images[i] = resize(pixels, size)
         if yolo_size:
-            small = pixels if pixels.shape == (yolo_size, yolo_size) else cv2.resize(
-                pixels, (yolo_size, yolo_size), interpolation=cv2.INTER_AREA)
-            png_ok, png = cv2.imencode(".png", small)
+            png_ok, png = cv2.imencode(".png", resize(pixels, yolo_size))
             if not png_ok:
                 raise RuntimeError(f"{path}: OpenCV could not encode the YOLO PNG")
             png_path = _png_path(cache, yolo_size, hashes[i])
