@@ -44,8 +44,7 @@ def _fail(exc: Exception):
               help="Seconds any collective may wait before a dead rank fails the run.")
 @click.option("--stop-after-steps", type=int, hidden=True)
 def train(data, model, weights, epochs, batch_size, lr, weight_decay, strategy, backend, device, precision, grad_compress,
-          augment,
-          compile_, channels_last, seed, out, resume, results, label, timeout_s, stop_after_steps):
+          augment, compile_, channels_last, seed, out, resume, results, label, timeout_s, stop_after_steps):
     """Train the pneumonia classifier (serial, DDP or FSDP; any launcher)."""
     from pneumo_hpc.config import DataConfig, ModelConfig, OptimConfig, ParallelConfig, RunConfig, TrainConfig
     from pneumo_hpc.train import train as run_train

@@ -21,7 +21,6 @@ import pydicom
 import pydicom.datadict
 import pydicom.encaps
 import pydicom.pixels
-
 import pydicom.uid
 from pydicom.dataset import Dataset, FileMetaDataset
 
