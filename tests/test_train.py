@@ -76,6 +76,17 @@ def test_two_ranks_match_serial(strategy, serial_run, prep, tmp_path):
     assert m["grad_compress"] == "none"  # exact fp32 gradient averaging unless asked otherwise
 
 
+def test_bf16_fsdp_computes_what_ddp_computes(prep, tmp_path):
+    """Under bf16 autocast FSDP gathers each layer in the dtype it computes in: the same numbers as DDP."""
+    args = ["--epochs", "2", "--batch-size", "16", "--lr", "3e-3", "--augment", "albumentations", "--precision", "bf16"]
+    for strategy in ("ddp", "fsdp"):
+        run(torchrun(2, "train", "--data", prep, *args, "--strategy", strategy, "--out", tmp_path / strategy))
+    ddp, fsdp = metrics(tmp_path / "ddp"), metrics(tmp_path / "fsdp")
+    assert ddp["compute_dtype"] == fsdp["compute_dtype"] == "bf16"
+    for a, b in zip(ddp["history"], fsdp["history"]):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-5 and abs(a["val_loss"] - b["val_loss"]) < 1e-5, (a, b)
+
+
 def test_ddp_bf16_gradient_compression_is_opt_in_and_close(serial_run, prep, tmp_path):
     out = tmp_path / "ddp-bf16"
     run(torchrun(2, "train", "--data", prep, *TRAIN, "--strategy", "ddp", "--grad-compress", "bf16", "--out", out))
