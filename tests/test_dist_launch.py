@@ -18,7 +18,14 @@ PNEUMO = str(VENV_BIN / "pneumo-hpc")
 
 
 def _rows(stdout):
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    """Every JSON object in the ranks' merged output. mpirun forwards each rank's writes as they come, so with
+    unbuffered output one rank's line can land before another's newline: parse objects, not lines."""
+    decoder, rows, i = json.JSONDecoder(), [], stdout.find("{")
+    while i != -1:
+        row, end = decoder.raw_decode(stdout, i)
+        rows.append(row)
+        i = stdout.find("{", end)
+    return rows
 
 
 def _assert_two_ranks(rows, launcher):
