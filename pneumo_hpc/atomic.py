@@ -6,6 +6,8 @@ the user's umask.
 """
 from __future__ import annotations
 
+import csv
+import io
 import os
 import uuid
 from pathlib import Path
@@ -35,3 +37,12 @@ def write_bytes(path, data: bytes, durable: bool = False) -> None:
 
 def write_text(path, text: str, durable: bool = False) -> None:
     write_bytes(path, text.encode("utf-8"), durable)
+
+
+def write_csv(path, header, rows) -> None:
+    """A header row then rows, "\n" line ends (the Kaggle CSVs' own)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())

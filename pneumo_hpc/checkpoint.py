@@ -23,10 +23,6 @@ from pneumo_hpc.atomic import write_text, write_with
 from pneumo_hpc.parallel import unwrap
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    write_text(path, text, durable=True)
-
-
 def atomic_torch_save(obj, path: Path) -> None:
     write_with(path, lambda f: torch.save(obj, f))
 
@@ -64,10 +60,10 @@ class Checkpointer:
             torch.save({"model": unwrap(model).state_dict(), "optim": optimizer.state_dict()}, tmp / "state.pt")
         _barrier()
         if self.is_main:
-            atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=1))
+            write_text(tmp / "meta.json", json.dumps(meta, indent=1), durable=True)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            atomic_write_text(self.dir / "latest", name + "\n")
+            write_text(self.dir / "latest", name + "\n", durable=True)
             self._prune(keep_name=name)
         _barrier()
         return final

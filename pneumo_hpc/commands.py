@@ -99,13 +99,13 @@ def evaluate_run(run_dir: Path, data: Path, split: str = "val", device: str = "c
 @click.option("--device", default="cpu", show_default=True)
 def evaluate(run_dir, data, split, device):
     """Re-score a trained checkpoint; writes RUN/eval.json and prints it."""
-    from pneumo_hpc.checkpoint import atomic_write_text
+    from pneumo_hpc.atomic import write_text
 
     try:
         metrics = evaluate_run(run_dir, data, split, device)
     except (ValueError, FileNotFoundError) as exc:
         _fail(exc)
-    atomic_write_text(Path(run_dir) / "eval.json", json.dumps(metrics, indent=1))
+    write_text(Path(run_dir) / "eval.json", json.dumps(metrics, indent=1), durable=True)
     click.echo(json.dumps(metrics))
 
 

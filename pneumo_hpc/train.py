@@ -23,13 +23,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from pneumo_hpc import __version__
+from pneumo_hpc.atomic import write_text
 from pneumo_hpc.augment import build_augment, sample_seeds, to_input
-from pneumo_hpc.checkpoint import Checkpointer, atomic_write_text
+from pneumo_hpc.checkpoint import Checkpointer
 from pneumo_hpc.config import TrainConfig
 from pneumo_hpc.dataset import load_split
 from pneumo_hpc.metrics import classification_metrics
 from pneumo_hpc.models import build_model
 from pneumo_hpc.parallel import Plan
+from pneumo_hpc.results import append_result
 
 EXIT_REQUEUE = 99  # "checkpointed on a signal: run me again with --resume" (launch/ requeues on it)
 
@@ -121,7 +123,7 @@ def _train(cfg: TrainConfig, ctx) -> dict:
     threads = _set_threads(ctx)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1))
+        write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1), durable=True)
 
     train_set, val_set = load_split(cfg.data.path, "train"), load_split(cfg.data.path, "val")
     # GPU: the whole uint8 set lives on the device and is augmented there; CPU: albumentations on host batches
@@ -238,20 +240,12 @@ def _train(cfg: TrainConfig, ctx) -> dict:
         "history": state["history"], "version": __version__,
     }
     if ctx.is_main:
-        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+        write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1), durable=True)
         results = cfg.run.results or run_dir.parent / "results.jsonl"
-        _append_result(results, metrics)
+        append_result(results, {k: v for k, v in metrics.items() if k != "history"})
         keys = ("strategy", "world_size", "launcher", "train_time_s", "samples_per_s", "accuracy", "roc_auc")
         print(json.dumps({k: metrics[k] for k in keys}), flush=True)
     return metrics
-
-
-def _append_result(path: Path, metrics: dict) -> None:
-    try:
-        from pneumo_hpc.results import append_result
-    except ImportError:  # pragma: no cover - results module ships with the package
-        return
-    append_result(path, {k: v for k, v in metrics.items() if k != "history"})
 
 
 def _nodes(ctx) -> int:

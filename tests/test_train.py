@@ -1,6 +1,5 @@
 """The training core: serial/DDP/FSDP with real launchers, fidelity, checkpoints, resume, signals, dead ranks."""
 import json
-import os
 import signal
 import socket
 import subprocess

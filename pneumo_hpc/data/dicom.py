@@ -199,8 +199,6 @@ def resize(img: np.ndarray, size: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------- writing
 
-write_bytes_atomic = write_bytes
-
 
 def encode_jpeg(pixels: np.ndarray, quality: int = 95) -> bytes:
     """8-bit greyscale -> JPEG Baseline (sequential Huffman, 8-bit: what transfer syntax .4.50 allows)."""
@@ -275,4 +273,4 @@ def write_dicom(path, pixels: np.ndarray, *, transfer_syntax: str = "jpeg-baseli
             setattr(ds, key, value)
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
-    write_bytes_atomic(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())

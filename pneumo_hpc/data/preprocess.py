@@ -17,7 +17,6 @@ unlabelled.csv; manifest.json (deterministic); run.json (timings, workers, cache
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo_hpc.atomic import write_with
+from pneumo_hpc.atomic import write_bytes, write_csv, write_text, write_with
 from pneumo_hpc.data import rsna, yolo
 
 CLUSTERS = ("local", "mpi")
@@ -76,27 +75,8 @@ def log(msg: str) -> None:
     print(f"preprocess: {msg}", file=sys.stderr, flush=True)
 
 
-# ------------------------------------------------------------------------------------------------ atomic writes
-
-_write_atomic = write_with
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    _write_atomic(path, lambda f: f.write(data))
-
-
-def _write_csv(path: Path, header: list[str], rows) -> None:
-    import csv
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    _write_bytes(path, buf.getvalue().encode())
-
-
 def _write_json(path: Path, obj) -> None:
-    _write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------ the chunk task
@@ -143,12 +123,14 @@ def process_chunk(task: dict) -> dict:
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)  # one core per worker: Dask is the parallelism
     try:
-        return _process_chunk(task, cv2)
+        return _process_chunk(task)
     finally:
         cv2.setNumThreads(threads)
 
 
-def _process_chunk(task: dict, cv2) -> dict:
+def _process_chunk(task: dict) -> dict:
+    import cv2
+
     from pneumo_hpc.data.dicom import BadImage, read_scaled, resize
 
     items, size, yolo_size = task["items"], task["size"], task["yolo_size"]
@@ -194,10 +176,10 @@ def _process_chunk(task: dict, cv2) -> dict:
                 raise RuntimeError(f"{path}: OpenCV could not encode the YOLO PNG")
             png_path = _png_path(cache, yolo_size, hashes[i])
             png_path.parent.mkdir(parents=True, exist_ok=True)
-            _write_bytes(png_path, png.tobytes())
+            write_bytes(png_path, png.tobytes())
     result = {"images": images, "ok": ok, "reasons": np.array(reasons, dtype=str),
               "hashes": np.array(hashes, dtype=str), "shapes": shapes}
-    _write_atomic(entry, lambda f: np.savez(f, **result))
+    write_with(entry, lambda f: np.savez(f, **result))
     return {"index": task["index"], "cached": False, "n_decoded": int(ok.sum()), **result}
 
 
@@ -378,10 +360,10 @@ def _run(cfg: PreprocessConfig, execute) -> dict:
     (out / "classifier").mkdir(exist_ok=True)
     for s, ids in parts.items():
         arr = np.stack([ok_images[pid] for pid in ids]) if ids else np.zeros((0, cfg.size, cfg.size), np.uint8)
-        _write_atomic(out / "classifier" / f"{s}_images.npy", lambda f, a=arr: np.save(f, a))
+        write_with(out / "classifier" / f"{s}_images.npy", lambda f, a=arr: np.save(f, a))
         lab = np.array([targets[pid] for pid in ids], np.uint8)
-        _write_atomic(out / "classifier" / f"{s}_labels.npy", lambda f, a=lab: np.save(f, a))
-        _write_csv(out / "classifier" / f"{s}.csv", ["patientId", "Target", "class"],
+        write_with(out / "classifier" / f"{s}_labels.npy", lambda f, a=lab: np.save(f, a))
+        write_csv(out / "classifier" / f"{s}.csv", ["patientId", "Target", "class"],
                    [(pid, targets[pid], patients[pid].cls) for pid in ids])
 
     box_stats = {"n_boxes": 0, "n_boxes_clipped": 0, "n_boxes_dropped": 0}
@@ -405,9 +387,9 @@ def _run(cfg: PreprocessConfig, execute) -> dict:
             log(f"--no-yolo: removing the stale {out / 'yolo'} (it would not match this split)")
             shutil.rmtree(out / "yolo")
 
-    _write_csv(out / "quarantine.csv", ["patientId", "path", "reason"],
+    write_csv(out / "quarantine.csv", ["patientId", "path", "reason"],
                [(pid, path, reason) for pid, (path, reason) in quarantine.items()])
-    _write_csv(out / "unlabelled.csv", ["patientId", "path"], [(pid, str(images[pid])) for pid in unlabelled])
+    write_csv(out / "unlabelled.csv", ["patientId", "path"], [(pid, str(images[pid])) for pid in unlabelled])
 
     n_pos = sum(targets.values())
     reasons = {}

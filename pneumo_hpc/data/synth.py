@@ -16,8 +16,6 @@ Everything derives from `seed`: the same call writes the same bytes (pixel data,
 """
 from __future__ import annotations
 
-import csv
-import io
 import time
 import uuid
 from pathlib import Path
@@ -26,7 +24,8 @@ import cv2
 import numpy as np
 from pydicom.uid import generate_uid
 
-from pneumo_hpc.data.dicom import write_bytes_atomic, write_dicom
+from pneumo_hpc.atomic import write_csv
+from pneumo_hpc.data.dicom import write_dicom
 
 CLASSES = ("Lung Opacity", "No Lung Opacity / Not Normal", "Normal")
 # Patient counts of the stage 2 training set (rsna-format.md): the shares the generator reproduces.
@@ -338,14 +337,6 @@ def _write_patient(job) -> tuple[str, list]:
     return pid, boxes
 
 
-def _csv_bytes(header, rows) -> bytes:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue().encode()
-
-
 def _num(x: float) -> str:
     return f"{x:.1f}"
 
@@ -382,11 +373,11 @@ def generate(out_dir, n: int, seed: int = 0, image_size: int = 1024, test_n: int
         for box in boxes or [None]:
             labels.append([pid, *(map(_num, box) if box else ["", "", "", ""]), int(box is not None)])
             info.append([pid, klass])
-    write_bytes_atomic(out / LABELS_CSV, _csv_bytes(["patientId", "x", "y", "width", "height", "Target"], labels))
-    write_bytes_atomic(out / CLASS_CSV, _csv_bytes(["patientId", "class"], info))
+    write_csv(out / LABELS_CSV, ["patientId", "x", "y", "width", "height", "Target"], labels)
+    write_csv(out / CLASS_CSV, ["patientId", "class"], info)
     if test_n:  # Kaggle's sample submission: one constant box per test image
-        write_bytes_atomic(out / SUBMISSION_CSV, _csv_bytes(
-            ["patientId", "PredictionString"], [[pid, "0.5 0 0 100 100"] for pid, _ in results[n:]]))
+        write_csv(out / SUBMISSION_CSV, ["patientId", "PredictionString"],
+                  [[pid, "0.5 0 0 100 100"] for pid, _ in results[n:]])
     n_pos = sum(1 for _, boxes in results[:n] if boxes)
     return {
         "out_dir": str(out), "n": n, "seed": seed, "image_size": image_size, "test_n": test_n,

@@ -10,11 +10,7 @@ Kaggle-format predictions from DICOM files.
 Importing this package is cheap: ultralytics and torch are imported inside the functions that use them.
 """
 
-from pneumo_hpc.atomic import write_text
-
 
 class DetectError(ValueError):
     """Bad input or setup for a detection command; the message names the file or setting and how to fix it."""
 
-
-atomic_write_text = write_text

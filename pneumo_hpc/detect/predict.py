@@ -21,7 +21,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pneumo_hpc.detect import DetectError, atomic_write_text
+from pneumo_hpc.atomic import write_text
+from pneumo_hpc.detect import DetectError
 
 
 @dataclass
@@ -194,7 +195,7 @@ def predict(cfg: PredictConfig, warn=None) -> dict:
     if not rows:
         raise DetectError(f"none of the {len(files)} input file(s) could be read (see the messages above)")
     lines = ["patientId,PredictionString"] + [f"{pid},{text}" for pid, text in rows]
-    atomic_write_text(cfg.out, "\n".join(lines) + "\n")
+    write_text(cfg.out, "\n".join(lines) + "\n")
     return {"out": str(cfg.out), "n_files": len(files), "n_predicted": len(rows), "n_bad": len(bad),
             "n_boxes": n_boxes, "n_gated": gated, "bad_files": bad, "weights": str(weights), "imgsz": imgsz,
             "conf": cfg.conf, "cls_threshold": gate.threshold if gate else None}

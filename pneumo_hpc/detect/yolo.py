@@ -25,7 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pneumo_hpc.detect import DetectError, atomic_write_text
+from pneumo_hpc.atomic import write_text
+from pneumo_hpc.detect import DetectError
+from pneumo_hpc.results import append_result
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 # What launchers export for their ranks; ultralytics reads these at import to decide whether it is a DDP worker.
@@ -105,7 +107,7 @@ def resolve_data(data, run_dir: Path) -> tuple[Path, dict]:
         import yaml
 
         yaml_path = run_dir / "data.yaml"
-        atomic_write_text(yaml_path, yaml.safe_dump(cfg, sort_keys=False))
+        write_text(yaml_path, yaml.safe_dump(cfg, sort_keys=False))
     for split in ("train", "val"):
         if not list_images(root, cfg[split]):
             raise DetectError(f"{yaml_path}: no images in the {split} split ({root / str(cfg[split])})")
@@ -296,9 +298,5 @@ def train(cfg: TrainConfig) -> dict:
 def write_metrics(run_dir: Path, metrics: dict, results: Path) -> None:
     # NaN (no val image counted) is not JSON: write null.
     clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()}
-    atomic_write_text(run_dir / "metrics.json", json.dumps(clean, indent=2) + "\n")
-    try:
-        from pneumo_hpc.results import append_result
-    except ImportError:  # the results module is optional for this command
-        return
+    write_text(run_dir / "metrics.json", json.dumps(clean, indent=2) + "\n")
     append_result(results, clean)
