@@ -2,6 +2,8 @@
 
 1. one process: the kit's trainer (bf16 autocast where the CPU has native bf16, channels_last) vs. a
    reference-style loop (fp32, eager, contiguous, batch 64, same model/data/augmentation). Target >= 3x.
+   Also: the kit with glibc's default allocator behaviour (PNEUMO_HPC_HOST_MALLOC=system) vs. the kit as it runs
+   (freed memory kept for the next step, pneumo_hpc/host_memory.py): how much of the ratio that part is.
 2. DDP: the kit with R gloo ranks (1 thread each) vs. R independent 1-rank runs at the same time, which isolates
    communication cost from core contention. Target >= 0.9.
 
@@ -105,6 +107,11 @@ def main():
         one = throughput(tmp / "kit1")
         print(json.dumps({"bench": "cpu-1proc", "reference_img_s": round(ref, 1), "kit_img_s": one,
                           "ratio": round(one / ref, 2), "target": 3.0}))
+        p = kit(prep, tmp / "kit1-system-malloc", args.epochs, args.batch, env_extra={"PNEUMO_HPC_HOST_MALLOC": "system"})
+        wait(p)
+        system = throughput(tmp / "kit1-system-malloc")
+        print(json.dumps({"bench": "cpu-host-malloc", "system_malloc_img_s": system, "kit_img_s": one,
+                          "ratio": round(one / system, 2)}))
         solo = [kit(prep, tmp / f"solo{i}", args.epochs, args.batch) for i in range(args.ranks)]
         wait(*solo)
         independent = sum(throughput(tmp / f"solo{i}") for i in range(args.ranks))
