@@ -6,6 +6,9 @@
    (freed memory kept for the next step, pneumo_hpc/host_memory.py): how much of the ratio that part is.
 2. DDP: the kit with R gloo ranks (1 thread each) vs. R independent 1-rank runs at the same time, which isolates
    communication cost from core contention. Target >= 0.9.
+3. Lockstep control: the kit's step (same model, augmentation, optimizer, allocator) in R processes that exchange
+   nothing, run free vs. meeting at a barrier after every step. What synchronous training costs on these cores
+   before a single gradient byte moves: the ceiling of (2) here.
 
     python benchmarks/cpu_trainer.py [--n 3000] [--ranks 2] [--epochs 2]
 """
@@ -80,6 +83,60 @@ def kit(prep: Path, out: Path, epochs: int, batch: int, ranks: int = 1, env_extr
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def lockstep_worker(prep: str, steps: int, batch: int, barrier: bool) -> None:
+    """One rank of the lockstep control (run under torchrun): the kit's CPU step, no gradient exchange."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from pneumo_hpc.augment import AlbumentationsAugment, sample_seeds, to_input
+    from pneumo_hpc.dataset import load_split
+    from pneumo_hpc.host_memory import keep_freed_memory
+    from pneumo_hpc.models import SmallCNN
+
+    torch.set_num_threads(1)
+    keep_freed_memory()
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    split = load_split(Path(prep), "train")
+    images, labels = torch.from_numpy(split.images), torch.from_numpy(split.labels).float()
+    torch.manual_seed(0)
+    model = SmallCNN(split.size).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    aug = AlbumentationsAugment()
+    order = np.random.default_rng(rank).permutation(len(split))
+    warm = 3
+    for step in range(warm + steps):
+        if step == warm:
+            dist.barrier()
+            t0 = time.perf_counter()
+        idx = order[(step * batch) % (len(order) - batch):][:batch]
+        x = to_input(aug(images[idx], sample_seeds(0, 0, idx)), channels_last=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.binary_cross_entropy_with_logits(model(x).float(), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if barrier:
+            dist.barrier()
+    rate = torch.tensor([steps * batch / (time.perf_counter() - t0)])
+    dist.all_reduce(rate)
+    if rank == 0:
+        print(json.dumps({"img_s": float(rate)}), flush=True)
+    dist.destroy_process_group()
+
+
+def lockstep(prep: Path, ranks: int, steps: int, batch: int, barrier: bool) -> float:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
+           __file__, "--lockstep-worker", str(prep), "--steps", str(steps), "--batch", str(batch)]
+    out = subprocess.run(cmd + (["--barrier"] if barrier else []), env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"lockstep control failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["img_s"]
+
+
 def throughput(out: Path) -> float:
     return json.loads((out / "metrics.json").read_text())["samples_per_s"]
 
@@ -96,7 +153,12 @@ def main():
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=40, help="lockstep control: timed steps per rank")
+    ap.add_argument("--lockstep-worker", metavar="PREP", help=argparse.SUPPRESS)
+    ap.add_argument("--barrier", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.lockstep_worker:
+        return lockstep_worker(args.lockstep_worker, args.steps, args.batch, args.barrier)
     from prep_fake import make_prep
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,6 +182,11 @@ def main():
         print(json.dumps({"bench": f"cpu-ddp-{args.ranks}", "independent_img_s": round(independent, 1),
                           "ddp_img_s": ddp, "ratio": round(ddp / independent, 3), "target": 0.9,
                           "efficiency_vs_1rank": round(ddp / (args.ranks * one), 3)}))
+        free = lockstep(prep, args.ranks, args.steps, args.batch, barrier=False)
+        locked = lockstep(prep, args.ranks, args.steps, args.batch, barrier=True)
+        print(json.dumps({"bench": f"cpu-lockstep-{args.ranks}", "free_img_s": round(free, 1),
+                          "barrier_every_step_img_s": round(locked, 1), "ratio": round(locked / free, 3),
+                          "ddp_ratio_vs_free": round(ddp / free, 3)}))
 
 
 if __name__ == "__main__":
