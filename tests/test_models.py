@@ -98,3 +98,23 @@ def test_plan_rejects_a_global_batch_that_does_not_divide():
         Plan.build("serial", ctx, 48, "fp32", True)
     plan = Plan.build("fsdp", ctx, 48, "fp32", True)
     assert plan.local_batch == 16 and plan.channels_last  # activations; FSDP2 keeps its parameters contiguous
+
+
+def test_fsdp_cpu_first_convolution_answers_channels_last_without_a_copy():
+    """Under FSDP2 the parameters stay NCHW; a 1-channel channels_last batch keeps NCHW strides, so the first
+    convolution answered NCHW and its largest output was copied every step. Re-strided, it computes channels_last:
+    same values, no copy."""
+    from pneumo_hpc.parallel import _channels_last_input
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+    x = torch.randn(4, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+    plain = conv(x)
+    assert not plain.is_contiguous(memory_format=torch.channels_last)  # what the copy hook had to fix
+    conv.register_forward_pre_hook(_channels_last_input)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hooked_bf16 = conv(x)
+    hooked = conv(x)
+    assert hooked.is_contiguous(memory_format=torch.channels_last)
+    assert hooked_bf16.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(hooked, plain, atol=1e-6)
