@@ -98,7 +98,7 @@ def lockstep_worker(prep: str, steps: int, batch: int, barrier: bool) -> None:
     torch.set_num_threads(1)
     keep_freed_memory()
     dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank = dist.get_rank()
     split = load_split(Path(prep), "train")
     images, labels = torch.from_numpy(split.images), torch.from_numpy(split.labels).float()
     torch.manual_seed(0)
@@ -169,7 +169,8 @@ def main():
         one = throughput(tmp / "kit1")
         print(json.dumps({"bench": "cpu-1proc", "reference_img_s": round(ref, 1), "kit_img_s": one,
                           "ratio": round(one / ref, 2), "target": 3.0}))
-        p = kit(prep, tmp / "kit1-system-malloc", args.epochs, args.batch, env_extra={"PNEUMO_HPC_HOST_MALLOC": "system"})
+        p = kit(prep, tmp / "kit1-system-malloc", args.epochs, args.batch,
+                env_extra={"PNEUMO_HPC_HOST_MALLOC": "system"})
         wait(p)
         system = throughput(tmp / "kit1-system-malloc")
         print(json.dumps({"bench": "cpu-host-malloc", "system_malloc_img_s": system, "kit_img_s": one,
