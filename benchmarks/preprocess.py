@@ -6,9 +6,10 @@
 naive: serial `pydicom.dcmread(path).pixel_array` (pydicom's default decoder) + PIL resize to 128: what a notebook
 does. pydicom's default for JPEG Baseline is pylibjpeg when installed (as in the platform's resolved stack:
 `pip install -r benchmarks/requirements.txt`), else Pillow; naive-pillow forces its fastest plugin, Pillow, and is
-printed beside it so both ratios are seen. kit: `run_preprocess` on a cold cache, classifier only (--no-yolo: the same work as naive) and with the YOLO
-export at 416 px (decode once, two resizes, one PNG). images/s counts the decode phase (run.json decode_seconds:
-cluster start-up excluded, shown apart as wall). Prints one JSON line per setting, then a table with the ratios.
+printed beside it so both ratios are seen. kit: `run_preprocess` on a cold cache, classifier only (--no-yolo: the
+same work as naive) and with the YOLO export at 416 px (decode once, two resizes, one PNG). images/s counts the
+decode phase (run.json decode_seconds: cluster start-up excluded, shown apart as wall). Prints one JSON line per
+setting, then a table with the ratios.
 """
 import argparse
 import json

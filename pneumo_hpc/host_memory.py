@@ -35,20 +35,20 @@ def keep_freed_memory(environ=None) -> str:
     "keep" (tuned here), "user" (left to the user's allocator settings), "system" (asked for, not glibc, or
     mallopt refused)."""
     global _state
-    if _state is not None:
-        return _state
-    environ = os.environ if environ is None else environ
+    if _state is None:
+        _state = _decide(os.environ if environ is None else environ)
+    return _state
+
+
+def _decide(environ) -> str:
     if environ.get("PNEUMO_HPC_HOST_MALLOC", "") == "system":
-        _state = "system"
-        return _state
+        return "system"
     if _user_tuned(environ):
-        _state = "user"
-        return _state
+        return "user"
     try:
         libc = ctypes.CDLL(None)
-        ok = hasattr(libc, "gnu_get_libc_version") and libc.mallopt(_M_MMAP_MAX, 0) == 1
-        ok = ok and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_AT) == 1
+        ok = (hasattr(libc, "gnu_get_libc_version") and libc.mallopt(_M_MMAP_MAX, 0) == 1
+              and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_AT) == 1)
     except (OSError, AttributeError):
         ok = False
-    _state = "keep" if ok else "system"
-    return _state
+    return "keep" if ok else "system"

@@ -46,13 +46,11 @@ class Plan:
         if self.channels_last and self.strategy != "fsdp":
             model = model.to(memory_format=torch.channels_last)
         elif self.channels_last and self.device.type == "cpu":
-            # FSDP2 refuses non-contiguous (channels_last) parameters, and a convolution with NCHW weights and a
-            # 1-channel input answers NCHW: all that follows would too (CPU max-pools: ~3x slower on NCHW).
-            # Not on GPUs, where the anchor measurement (FSDP2, NCHW parameters) was taken as it is.
-            for conv in (m for m in model.modules() if isinstance(m, nn.Conv2d)):
-                conv.register_forward_hook(_channels_last_output)
-                if conv.in_channels == 1:
-                    conv.register_forward_pre_hook(_channels_last_input)
+            # FSDP2 refuses non-contiguous (channels_last) parameters, and a convolution with NCHW weights answers
+            # in its input's layout: the batch must be channels_last in its strides, so that every layer after it
+            # is too (CPU max-pools: ~3x slower on NCHW). Not on GPUs, where the anchor measurement (FSDP2, NCHW
+            # parameters) was taken as it is.
+            model.register_forward_pre_hook(_channels_last_input)
         if self.strategy == "ddp":
             return apply_ddp(model, self.device, compress=self.grad_compress == "bf16")
         if self.strategy == "fsdp":
@@ -64,17 +62,13 @@ class Plan:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
 
-def _channels_last_output(module, args, output):
-    return output.contiguous(memory_format=torch.channels_last)  # a no-op when it already is
-
-
 def _channels_last_input(module, args):
-    # A 1-channel batch made channels_last keeps NCHW strides (the layouts coincide), so with NCHW weights the
-    # convolution answered NCHW and the hook above copied its largest output, and that copy's gradient, every step
-    # (3 strided copies of small-cnn's 64x32x128x128 conv1 output: 260 ms of a 700 ms FSDP step). The same memory
-    # under channels_last strides makes oneDNN compute channels_last: no copy, bit-identical output.
+    # A 1-channel batch made channels_last keeps NCHW strides (the layouts coincide), so with NCHW weights the first
+    # convolution answered NCHW, and making its output channels_last copied it, and its gradient, every step (3
+    # strided copies of small-cnn's 64x32x128x128 conv1 output: 260 ms of a 700 ms FSDP step). The same memory
+    # under channels_last strides makes oneDNN compute channels_last from the first layer on: bit-identical output.
     x = args[0]
-    if x.dim() != 4 or x.shape[1] != 1 or not x.is_contiguous():
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 1 or not x.is_contiguous():
         return None
     h, w = x.shape[2], x.shape[3]
     return (x.as_strided(x.shape, (h * w, 1, w, 1), x.storage_offset()), *args[1:])
