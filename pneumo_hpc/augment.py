@@ -33,14 +33,21 @@ def hash32(x):
     return x ^ (x >> 16)
 
 
-def sample_seeds(seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
-    """One 32-bit seed per sample, from (run seed, epoch, sample index)."""
-    base = hash32(np.int64(hash32(np.int64(seed)) ^ (epoch * 0x9E3779B1 & _M32)))
+def sample_seeds(seed: int, epoch: int, index):
+    """One 32-bit seed per sample, from (run seed, epoch, sample index): numpy in, numpy out; a tensor in, a tensor
+    out on its device (a GPU draws its batch's seeds where the indices are, with no host round trip per step)."""
+    base = int(hash32(np.int64(hash32(np.int64(seed)) ^ (epoch * 0x9E3779B1 & _M32))))
+    if isinstance(index, torch.Tensor):
+        return hash32(index.long() ^ base)
     return hash32(np.asarray(index, dtype=np.int64) ^ base)
 
 
-def _uniforms(seeds: np.ndarray, k: int) -> np.ndarray:
-    """k independent U[0,1) per sample, (N, k)."""
+def _uniforms(seeds, k: int):
+    """k independent U[0,1) per sample, (N, k): float64 for numpy seeds, float32 for tensors (the same values: the
+    division is by a power of two, so each takes one rounding of the same integer)."""
+    if isinstance(seeds, torch.Tensor):
+        j = torch.arange(k, dtype=torch.int64, device=seeds.device)
+        return hash32(seeds[:, None] * 0x27D4EB2F + j[None, :] * 0x165667B1 + 1).float() / 2.0 ** 32
     j = np.arange(k, dtype=np.int64)
     return hash32(seeds[:, None] * 0x27D4EB2F + j[None, :] * 0x165667B1 + 1) / 2.0 ** 32
 
@@ -59,17 +66,19 @@ class NoAugment:
 class TensorAugment:
     """Batched augmentation on the tensor's device, uint8 in, uint8 out; noise is a hash of (sample seed, pixel)."""
 
-    def __call__(self, x_u8: torch.Tensor, seeds: np.ndarray) -> torch.Tensor:
+    def __call__(self, x_u8: torch.Tensor, seeds) -> torch.Tensor:
         b, h, w = x_u8.shape
         dev = x_u8.device
-        u = torch.from_numpy(_uniforms(seeds, 7)).float().to(dev, non_blocking=True).view(b, 7, 1, 1)
+        if not isinstance(seeds, torch.Tensor):
+            seeds = torch.from_numpy(np.asarray(seeds, dtype=np.int64)).to(dev)
+        u = _uniforms(seeds, 7).view(b, 7, 1, 1)
         flip, bright_on, bright, gamma_on, gamma, noise_on, noise_std = u.unbind(1)
         x = x_u8.float().div_(255.0)
         x = torch.where(flip < FLIP_P, x.flip(-1), x)
         x = torch.where(bright_on < BRIGHT_P, x + (bright * 2 - 1) * BRIGHTNESS, x).clamp_(0, 1)
         x = torch.where(gamma_on < GAMMA_P, x.pow(gamma * (GAMMA[1] - GAMMA[0]) + GAMMA[0]), x)
         pix = torch.arange(h * w, device=dev, dtype=torch.int64).view(1, h, w)
-        s = torch.from_numpy(seeds.astype(np.int64)).to(dev).view(b, 1, 1)
+        s = seeds.view(b, 1, 1)
         u1 = (hash32(s * 0x2545F491 + 2 * pix + 1).float() + 0.5) / 2.0 ** 32
         u2 = hash32(s * 0x2545F491 + 2 * pix + 2).float() / 2.0 ** 32
         gauss = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * torch.pi * u2)  # Box-Muller

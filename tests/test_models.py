@@ -86,6 +86,16 @@ def test_augmentation_depends_on_sample_not_on_batch_or_rank(aug_cls):
     assert not torch.equal(other_epoch, whole)
 
 
+def test_device_side_seeds_augment_exactly_as_host_seeds():
+    # a GPU run draws its seeds from the device-resident indices: the same images as the host-seeded path
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.integers(0, 256, (16, 32, 32), dtype=np.uint8))
+    index = rng.permutation(1000)[:16]
+    host, device = sample_seeds(5, 2, index), sample_seeds(5, 2, torch.from_numpy(index))
+    assert isinstance(device, torch.Tensor) and np.array_equal(host, device.numpy())
+    assert torch.equal(TensorAugment()(x, host), TensorAugment()(x, device))
+
+
 def test_plan_rejects_a_global_batch_that_does_not_divide():
     from types import SimpleNamespace
 

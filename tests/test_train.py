@@ -197,3 +197,15 @@ def test_srun_two_ranks(strategy, slurm, prep, tmp_path):
         env=slurm, timeout=300)
     m = metrics(out)
     assert (m["launcher"], m["world_size"], m["backend"], m["strategy"]) == ("slurm", 2, "gloo", strategy)
+
+
+def test_gpu_check_script_dry_runs_on_cpu(tmp_path):
+    # the device-only check must not rot between GPU sessions: the same script, every strategy, on the CPU
+    env = tool_env(PY=sys.executable, WORK=str(tmp_path), DEVICE="cpu", BACKEND="gloo", COMPILE="",
+                   AUGMENT="tensor", N="256", N_VAL="64", BATCH="64", EPOCHS="2")
+    out = run(["bash", str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh")], env=env).stdout
+    lines = [line for line in out.splitlines() if line.startswith("gpu-check ")]
+    assert [line.split()[1] for line in lines] == ["serial", "ddp", "fsdp"], out[-2000:]
+    for line in lines:
+        assert "dtype=bf16" in line and float(line.split("steady=")[1].split()[0]) > 0
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 3
