@@ -9,8 +9,10 @@
 3. Lockstep control: the kit's step (same model, augmentation, optimizer, allocator) in R processes that exchange
    nothing, run free vs. meeting at a barrier after every step. What synchronous training costs on these cores
    before a single gradient byte moves: the ceiling of (2) here.
+4. CPU binding: (2)'s DDP and (3)'s barrier run again with the ranks left unbound (PNEUMO_HPC_CPU_BIND=none),
+   bound / unbound (pneumo_hpc/cpu_bind.py).
 
-    python benchmarks/cpu_trainer.py [--n 3000] [--ranks 2] [--epochs 2]
+    python benchmarks/cpu_trainer.py [--n 3000] [--ranks 2] [--epochs 2] [--no-reference]
 """
 from __future__ import annotations
 
@@ -91,10 +93,12 @@ def lockstep_worker(prep: str, steps: int, batch: int, barrier: bool) -> None:
     import torch.nn.functional as F
 
     from pneumo_hpc.augment import AlbumentationsAugment, sample_seeds, to_input
+    from pneumo_hpc.cpu_bind import bind
     from pneumo_hpc.dataset import load_split
     from pneumo_hpc.host_memory import keep_freed_memory
     from pneumo_hpc.models import SmallCNN
 
+    bind(int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"]))  # as the kit's ranks are
     torch.set_num_threads(1)
     keep_freed_memory()
     dist.init_process_group("gloo")
@@ -127,11 +131,11 @@ def lockstep_worker(prep: str, steps: int, batch: int, barrier: bool) -> None:
     dist.destroy_process_group()
 
 
-def lockstep(prep: Path, ranks: int, steps: int, batch: int, barrier: bool) -> float:
+def lockstep(prep: Path, ranks: int, steps: int, batch: int, barrier: bool, env_extra=None) -> float:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
            __file__, "--lockstep-worker", str(prep), "--steps", str(steps), "--batch", str(batch)]
-    out = subprocess.run(cmd + (["--barrier"] if barrier else []), env={**os.environ, "OMP_NUM_THREADS": "1"},
-                         capture_output=True, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    out = subprocess.run(cmd + (["--barrier"] if barrier else []), env=env, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"lockstep control failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])["img_s"]
@@ -192,7 +196,16 @@ def main():
         locked = lockstep(prep, args.ranks, args.steps, args.batch, barrier=True)
         print(json.dumps({"bench": f"cpu-lockstep-{args.ranks}", "free_img_s": round(free, 1),
                           "barrier_every_step_img_s": round(locked, 1), "ratio": round(locked / free, 3),
-                          "ddp_ratio_vs_free": round(ddp / free, 3)}))
+                          "ddp_ratio_vs_free": round(ddp / free, 3)}), flush=True)
+        # the same two synchronous runs with the ranks left where the scheduler puts them (pneumo_hpc/cpu_bind.py)
+        unbound = {"PNEUMO_HPC_CPU_BIND": "none"}
+        p = kit(prep, tmp / "ddp-unbound", args.epochs, args.batch * args.ranks, ranks=args.ranks, env_extra=unbound)
+        wait(p)
+        ddp_unbound = throughput(tmp / "ddp-unbound")
+        locked_unbound = lockstep(prep, args.ranks, args.steps, args.batch, barrier=True, env_extra=unbound)
+        print(json.dumps({"bench": f"cpu-bind-{args.ranks}", "ddp_unbound_img_s": ddp_unbound, "ddp_img_s": ddp,
+                          "ratio": round(ddp / ddp_unbound, 3), "lockstep_unbound_img_s": round(locked_unbound, 1),
+                          "lockstep_img_s": round(locked, 1), "lockstep_ratio": round(locked / locked_unbound, 3)}))
 
 
 if __name__ == "__main__":

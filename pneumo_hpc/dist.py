@@ -45,6 +45,11 @@ class DistContext:
     backend: str  # "gloo" | "nccl" | "none" (no process group)
     device: torch.device
     distributed: bool
+    cpu_bind: str = "none"  # "cores" (bound by setup), "launcher" (bound before), "none"
+
+    @property
+    def cpus(self) -> list[int]:
+        return sorted(os.sched_getaffinity(0))
 
     @property
     def is_main(self) -> bool:
@@ -52,7 +57,8 @@ class DistContext:
 
     def as_dict(self) -> dict:
         return {**self.cluster.as_dict(), "backend": self.backend, "device": str(self.device),
-                "distributed": self.distributed, "hostname": socket.gethostname()}
+                "distributed": self.distributed, "hostname": socket.gethostname(), "cpu_bind": self.cpu_bind,
+                "cpus": self.cpus}
 
 
 def gpus_bound_per_task(environ: Mapping[str, str], visible: int) -> bool:
@@ -156,6 +162,10 @@ def setup(backend: str = "auto", device: str = "auto", timeout_s: float | None =
     cluster.export()
     if ctx.device.type == "cuda":
         torch.cuda.set_device(ctx.device)
+    else:  # before the group and the thread pools start: their threads inherit the binding
+        from pneumo_hpc.cpu_bind import bind
+
+        ctx.cpu_bind = bind(ctx.local_rank, ctx.local_world_size)[0]
     if ctx.distributed and not dist.is_initialized():
         if ctx.backend == "gloo" and os.environ.get("PNEUMO_IFNAME"):
             os.environ.setdefault("GLOO_SOCKET_IFNAME", os.environ["PNEUMO_IFNAME"])

@@ -58,7 +58,10 @@ class StopFlag:
 
 def _set_threads(ctx) -> int:
     if ctx.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ctx.local_world_size)))
+        # the CPUs this process may use (a SLURM cgroup may hold a few of the node's), shared with its node's
+        # other ranks unless bound to its own
+        cpus = len(os.sched_getaffinity(0))
+        torch.set_num_threads(max(1, cpus if ctx.cpu_bind != "none" else cpus // max(1, ctx.local_world_size)))
     return torch.get_num_threads()
 
 
@@ -239,7 +242,8 @@ def _train(cfg: TrainConfig, ctx) -> dict:
         "kind": "classifier", "model": cfg.model.name, "strategy": plan.strategy, "backend": ctx.backend,
         "launcher": ctx.launcher, "world_size": plan.world_size, "nodes": _nodes(ctx), "device": plan.device.type,
         "compute_dtype": plan.precision, "grad_compress": plan.grad_compress if plan.strategy == "ddp" else "none",
-        "compile": cfg.parallel.compile, "threads_per_rank": threads, "host_malloc": host_malloc,
+        "compile": cfg.parallel.compile, "threads_per_rank": threads, "cpu_bind": ctx.cpu_bind,
+        "host_malloc": host_malloc,
         "epochs": o.epochs, "batch_size": o.batch_size, "local_batch_size": b, "lr": o.lr,
         "train_time_s": round(state["train_time_s"], 4), "wall_time_s": round(time.perf_counter() - t_wall, 4),
         "samples_per_s": round(samples / state["train_time_s"], 2),

@@ -49,6 +49,9 @@ def test_mpirun_two_ranks(mpirun, tmp_path):
     rows = _rows(proc.stdout)
     _assert_two_ranks(rows, "mpi")
     assert rows[0]["master_addr"] == "127.0.0.1"  # one node: no mpi4py needed
+    # Open MPI binds its ranks itself (kept: "launcher") unless told not to (then the kit binds: "cores")
+    assert {r["cpu_bind"] for r in rows} <= {"launcher", "cores"}, rows
+    assert not set(rows[0]["cpus"]) & set(rows[1]["cpus"]), rows
     assert 15000 <= rows[0]["master_port"] < 25000  # from the mpirun's job id
 
 
