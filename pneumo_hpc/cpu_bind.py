@@ -55,4 +55,3 @@ def bind(local_rank: int, local_world: int, environ=os.environ) -> tuple[str, li
     cpus = share(own, local_rank, local_world)
     os.sched_setaffinity(0, cpus)
     return "cores", cpus
-

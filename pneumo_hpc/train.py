@@ -58,10 +58,12 @@ class StopFlag:
 
 def _set_threads(ctx) -> int:
     if ctx.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        # the CPUs this process may use (a SLURM cgroup may hold a few of the node's), shared with its node's
-        # other ranks unless bound to its own
-        cpus = len(os.sched_getaffinity(0))
-        torch.set_num_threads(max(1, cpus if ctx.cpu_bind != "none" else cpus // max(1, ctx.local_world_size)))
+        # the CPUs this process may use (a SLURM cgroup may hold a few of the node's): shared with the node's other
+        # ranks when unbound; when bound, at most a 1/local share of the node (mpirun binds ranks to a whole socket
+        # when there are more than 2)
+        cpus, local = len(os.sched_getaffinity(0)), max(1, ctx.local_world_size)
+        share = cpus // local if ctx.cpu_bind == "none" else min(cpus, (os.cpu_count() or cpus) // local)
+        torch.set_num_threads(max(1, share))
     return torch.get_num_threads()
 
 

@@ -56,3 +56,27 @@ def test_torchrun_ranks_get_their_own_cpus(tmp_path):
     assert not set(rows[0]["cpus"]) & set(rows[1]["cpus"])
     rows = _rows(run(cmd, timeout=180, cwd=tmp_path, env=tool_env(PNEUMO_HPC_CPU_BIND="none")).stdout)
     assert [(r["cpu_bind"], r["cpus"]) for r in rows] == [("none", sorted(mine))] * 2
+
+
+@pytest.mark.parametrize("how, own, machine, local, threads", [
+    ("none", 16, 16, 8, 2),  # unbound: the CPU set shared by the node's ranks
+    ("cores", 2, 16, 8, 2),  # bound by the kit: its own cores
+    ("launcher", 8, 16, 8, 2),  # mpirun with >2 ranks binds each to its whole socket: not 8 threads each
+    ("launcher", 2, 64, 8, 2),  # srun --cpu-bind=cores inside a 16-CPU cgroup of a 64-CPU node
+    ("cores", 1, 2, 2, 1),
+])
+def test_threads_per_rank_follow_the_cpus_it_may_use(monkeypatch, how, own, machine, local, threads):
+    from types import SimpleNamespace
+
+    import torch
+
+    from pneumo_hpc import train
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(own)))
+    monkeypatch.setattr(os, "cpu_count", lambda: machine)
+    asked = []
+    monkeypatch.setattr(torch, "set_num_threads", asked.append)
+    ctx = SimpleNamespace(device=torch.device("cpu"), cpu_bind=how, local_world_size=local)
+    train._set_threads(ctx)
+    assert asked == [threads]
