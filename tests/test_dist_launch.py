@@ -138,6 +138,7 @@ try:
     tdist.all_reduce(torch.ones(1))
 except Exception as exc:  # rank 1 may even die while rank 0 is still finishing init: then waited is 0
     print(f"FAILED after {time.monotonic() - t0 if t0 else 0.0:.1f} s: {type(exc).__name__}: {exc}", flush=True)
+    dist.teardown()  # as the kit's commands do: left to interpreter exit, gloo can abort after a timed-out op
     sys.exit(3)
 print("NO ERROR", flush=True)
 """
