@@ -38,9 +38,10 @@ def share(cpus: set[int], local_rank: int, local_world: int, core_of=physical_co
     return sorted(cpu for group in groups[local_rank * per:(local_rank + 1) * per] for cpu in group)
 
 
-def bind(local_rank: int, local_world: int, environ=os.environ) -> tuple[str, list[int]]:
+def bind(local_rank: int, local_world: int, environ=os.environ, apply: bool = True) -> tuple[str, list[int]]:
     """Bind the calling process (before it starts threads: they inherit it). Returns (how, cpus):
-    how is "cores" (bound here), "launcher" (already bound), or "none" (one rank, too few CPUs, or turned off)."""
+    how is "cores" (bound here), "launcher" (already bound), or "none" (one rank, too few CPUs, or turned off).
+    With apply=False, only says what binding would do."""
     own = os.sched_getaffinity(0)
     if environ.get(ENV, "auto").lower() in ("none", "off", "0", "no"):
         return "none", sorted(own)
@@ -53,5 +54,6 @@ def bind(local_rank: int, local_world: int, environ=os.environ) -> tuple[str, li
     if local_world <= 1 or len(own) < local_world:
         return "none", sorted(own)
     cpus = share(own, local_rank, local_world)
-    os.sched_setaffinity(0, cpus)
+    if apply:
+        os.sched_setaffinity(0, cpus)
     return "cores", cpus

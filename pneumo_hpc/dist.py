@@ -197,4 +197,10 @@ def print0(*args, **kw) -> None:
 
 def describe(backend: str = "auto", device: str = "auto", init_single: bool = False) -> dict:
     """What setup() would do here, as a flat dict for ``pneumo-hpc env --json``; starts no process group."""
-    return _context(detect(), backend, device, init_single).as_dict()
+    ctx = _context(detect(), backend, device, init_single)
+    info = ctx.as_dict()
+    if ctx.device.type == "cpu":
+        from pneumo_hpc.cpu_bind import bind
+
+        info["cpu_bind"], info["cpus"] = bind(ctx.local_rank, ctx.local_world_size, apply=False)
+    return info

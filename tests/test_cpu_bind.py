@@ -56,6 +56,9 @@ def test_torchrun_ranks_get_their_own_cpus(tmp_path):
     assert not set(rows[0]["cpus"]) & set(rows[1]["cpus"])
     rows = _rows(run(cmd, timeout=180, cwd=tmp_path, env=tool_env(PNEUMO_HPC_CPU_BIND="none")).stdout)
     assert [(r["cpu_bind"], r["cpus"]) for r in rows] == [("none", sorted(mine))] * 2
+    planned = _rows(run(cmd[:-1], timeout=180, cwd=tmp_path).stdout)  # without --init: what setup would do
+    assert sorted((r["rank"], r["cpu_bind"], r["cpus"]) for r in planned) == \
+        [(0, "cores", share(mine, 0, 2)), (1, "cores", share(mine, 1, 2))]
 
 
 @pytest.mark.parametrize("how, own, machine, local, threads", [
