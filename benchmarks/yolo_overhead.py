@@ -140,7 +140,8 @@ def main() -> None:
           f"kit/bare = {min(walls['kit']) / min(walls['bare']):.3f}")
     print(json.dumps({"ratio": round(ratio, 4), "cpu_ratio": round(cpu_ratio, 4), "added_fraction": round(added, 4),
                       "wall_s": walls, "cpu_s": cpus, "train_call_s": inner, "epochs": args.epochs,
-                      "imgsz": args.imgsz, "batch": args.batch, "gpus": args.gpus, "data": str(data_yaml), "repeats": args.repeats}))
+                      "imgsz": args.imgsz, "batch": args.batch, "gpus": args.gpus, "data": str(data_yaml),
+                      "repeats": args.repeats}))
     if args.keep:
         print(f"runs kept in {work}")
     else:

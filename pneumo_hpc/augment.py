@@ -42,14 +42,10 @@ def sample_seeds(seed: int, epoch: int, index):
     return hash32(np.asarray(index, dtype=np.int64) ^ base)
 
 
-def _uniforms(seeds, k: int):
-    """k independent U[0,1) per sample, (N, k): float64 for numpy seeds, float32 for tensors (the same values: the
-    division is by a power of two, so each takes one rounding of the same integer)."""
-    if isinstance(seeds, torch.Tensor):
-        j = torch.arange(k, dtype=torch.int64, device=seeds.device)
-        return hash32(seeds[:, None] * 0x27D4EB2F + j[None, :] * 0x165667B1 + 1).float() / 2.0 ** 32
-    j = np.arange(k, dtype=np.int64)
-    return hash32(seeds[:, None] * 0x27D4EB2F + j[None, :] * 0x165667B1 + 1) / 2.0 ** 32
+def _uniforms(seeds: torch.Tensor, k: int) -> torch.Tensor:
+    """k independent U[0,1) per sample, (N, k), on the seeds' device."""
+    j = torch.arange(k, dtype=torch.int64, device=seeds.device)
+    return hash32(seeds[:, None] * 0x27D4EB2F + j[None, :] * 0x165667B1 + 1).float() / 2.0 ** 32
 
 
 def to_input(x_u8: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -38,10 +38,9 @@ def share(cpus: set[int], local_rank: int, local_world: int, core_of=physical_co
     return sorted(cpu for group in groups[local_rank * per:(local_rank + 1) * per] for cpu in group)
 
 
-def bind(local_rank: int, local_world: int, environ=os.environ, apply: bool = True) -> tuple[str, list[int]]:
-    """Bind the calling process (before it starts threads: they inherit it). Returns (how, cpus):
-    how is "cores" (bound here), "launcher" (already bound), or "none" (one rank, too few CPUs, or turned off).
-    With apply=False, only says what binding would do."""
+def plan(local_rank: int, local_world: int, environ=os.environ) -> tuple[str, list[int]]:
+    """(how, cpus) for this rank: how is "cores" (to be bound to cpus), "launcher" (already bound), or "none" (one
+    rank, too few CPUs, or turned off); cpus is the set it runs on then."""
     own = os.sched_getaffinity(0)
     if environ.get(ENV, "auto").lower() in ("none", "off", "0", "no"):
         return "none", sorted(own)
@@ -53,7 +52,12 @@ def bind(local_rank: int, local_world: int, environ=os.environ, apply: bool = Tr
         return "launcher", sorted(own)
     if local_world <= 1 or len(own) < local_world:
         return "none", sorted(own)
-    cpus = share(own, local_rank, local_world)
-    if apply:
+    return "cores", share(own, local_rank, local_world)
+
+
+def bind(local_rank: int, local_world: int, environ=os.environ) -> tuple[str, list[int]]:
+    """plan(), applied to the calling process (before it starts threads: they inherit it)."""
+    how, cpus = plan(local_rank, local_world, environ)
+    if how == "cores":
         os.sched_setaffinity(0, cpus)
-    return "cores", cpus
+    return how, cpus

@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Mapping
 
 from pneumo_hpc.cluster import ClusterEnvironment, detect
+from pneumo_hpc.cpu_bind import plan as plan_cpus
 
 if TYPE_CHECKING:
     import torch
@@ -45,11 +46,8 @@ class DistContext:
     backend: str  # "gloo" | "nccl" | "none" (no process group)
     device: torch.device
     distributed: bool
-    cpu_bind: str = "none"  # "cores" (bound by setup), "launcher" (bound before), "none"
-
-    @property
-    def cpus(self) -> list[int]:
-        return sorted(os.sched_getaffinity(0))
+    cpu_bind: str  # "cores" (bound by setup), "launcher" (bound before), "none" (cpu_bind.plan)
+    cpus: list[int]  # the CPUs this rank runs on once set up
 
     @property
     def is_main(self) -> bool:
@@ -140,9 +138,12 @@ def _context(cluster: ClusterEnvironment, backend: str, device: str, init_single
                                      cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES")))
     chosen = choose_backend(backend, dev.type)  # validated even at world 1: nccl on CPU is an error everywhere
     distributed = cluster.world_size > 1 or init_single
+    cpu_bind, cpus = ("none", sorted(os.sched_getaffinity(0))) if dev.type == "cuda" else \
+        plan_cpus(cluster.local_rank, cluster.local_world_size)
     return DistContext(cluster=cluster, launcher=cluster.name, rank=cluster.rank, local_rank=cluster.local_rank,
                        world_size=cluster.world_size, local_world_size=cluster.local_world_size,
-                       backend=chosen if distributed else "none", device=dev, distributed=distributed)
+                       backend=chosen if distributed else "none", device=dev, distributed=distributed,
+                       cpu_bind=cpu_bind, cpus=cpus)
 
 
 def setup(backend: str = "auto", device: str = "auto", timeout_s: float | None = None,
@@ -162,10 +163,8 @@ def setup(backend: str = "auto", device: str = "auto", timeout_s: float | None =
     cluster.export()
     if ctx.device.type == "cuda":
         torch.cuda.set_device(ctx.device)
-    else:  # before the group and the thread pools start: their threads inherit the binding
-        from pneumo_hpc.cpu_bind import bind
-
-        ctx.cpu_bind = bind(ctx.local_rank, ctx.local_world_size)[0]
+    elif ctx.cpu_bind == "cores":  # before the group and the thread pools start: their threads inherit it
+        os.sched_setaffinity(0, ctx.cpus)
     if ctx.distributed and not dist.is_initialized():
         if ctx.backend == "gloo" and os.environ.get("PNEUMO_IFNAME"):
             os.environ.setdefault("GLOO_SOCKET_IFNAME", os.environ["PNEUMO_IFNAME"])
@@ -197,10 +196,4 @@ def print0(*args, **kw) -> None:
 
 def describe(backend: str = "auto", device: str = "auto", init_single: bool = False) -> dict:
     """What setup() would do here, as a flat dict for ``pneumo-hpc env --json``; starts no process group."""
-    ctx = _context(detect(), backend, device, init_single)
-    info = ctx.as_dict()
-    if ctx.device.type == "cpu":
-        from pneumo_hpc.cpu_bind import bind
-
-        info["cpu_bind"], info["cpus"] = bind(ctx.local_rank, ctx.local_world_size, apply=False)
-    return info
+    return _context(detect(), backend, device, init_single).as_dict()
