@@ -5,20 +5,23 @@
    Also: the kit with glibc's default allocator behaviour (PNEUMO_HPC_HOST_MALLOC=system) vs. the kit as it runs
    (freed memory kept for the next step, pneumo_hpc/host_memory.py): how much of the ratio that part is.
 2. DDP: the kit with R gloo ranks (1 thread each) vs. R independent 1-rank runs at the same time, which isolates
-   communication cost from core contention. Target >= 0.9.
+   communication cost from core contention. Target >= 0.9. Repeated in alternating pairs (--pairs), median.
+   Beside it, the same DDP run with the batch prefetch off (--no-prefetch): what augmenting the next batch in the
+   time a synchronous rank waits is worth (pneumo_hpc/prefetch.py).
 3. Lockstep control: the kit's step (same model, augmentation, optimizer, allocator) in R processes that exchange
    nothing, run free vs. meeting at a barrier after every step. What synchronous training costs on these cores
    before a single gradient byte moves: the ceiling of (2) here.
 4. CPU binding: (2)'s DDP and (3)'s barrier run again with the ranks left unbound (PNEUMO_HPC_CPU_BIND=none),
    bound / unbound (pneumo_hpc/cpu_bind.py).
 
-    python benchmarks/cpu_trainer.py [--n 3000] [--ranks 2] [--epochs 2] [--no-reference]
+    python benchmarks/cpu_trainer.py [--n 3000] [--ranks 2] [--epochs 2] [--pairs 3] [--no-reference]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,9 +78,9 @@ def reference_loop(prep: Path, epochs: int, batch: int = 64) -> float:
     return n * epochs / (time.perf_counter() - t0)
 
 
-def kit(prep: Path, out: Path, epochs: int, batch: int, ranks: int = 1, env_extra=None) -> subprocess.Popen:
+def kit(prep: Path, out: Path, epochs: int, batch: int, ranks: int = 1, env_extra=None, extra=()) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "pneumo_hpc", "train", "--data", str(prep), "--epochs", str(epochs),
-           "--batch-size", str(batch), "--out", str(out), "--results", str(out.parent / "bench.jsonl")]
+           "--batch-size", str(batch), "--out", str(out), "--results", str(out.parent / "bench.jsonl"), *extra]
     if ranks > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
                *cmd[1:3], *cmd[3:], "--strategy", "ddp"]
@@ -97,6 +100,7 @@ def lockstep_worker(prep: str, steps: int, batch: int, barrier: bool) -> None:
     from pneumo_hpc.dataset import load_split
     from pneumo_hpc.host_memory import keep_freed_memory
     from pneumo_hpc.models import SmallCNN
+    from pneumo_hpc.prefetch import Prefetch
 
     bind(int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"]))  # as the kit's ranks are
     torch.set_num_threads(1)
@@ -111,12 +115,16 @@ def lockstep_worker(prep: str, steps: int, batch: int, barrier: bool) -> None:
     aug = AlbumentationsAugment()
     order = np.random.default_rng(rank).permutation(len(split))
     warm = 3
-    for step in range(warm + steps):
+
+    def augmented(step):  # the kit's CPU batch: augmented ahead in an idle-priority thread
+        idx = order[(step * batch) % (len(order) - batch):][:batch]
+        return step, idx, aug(images[idx], sample_seeds(0, 0, idx))
+
+    for step, idx, x in Prefetch(augmented, range(warm + steps)):
         if step == warm:
             dist.barrier()
             t0 = time.perf_counter()
-        idx = order[(step * batch) % (len(order) - batch):][:batch]
-        x = to_input(aug(images[idx], sample_seeds(0, 0, idx)), channels_last=True)
+        x = to_input(x, channels_last=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = F.binary_cross_entropy_with_logits(model(x).float(), labels[idx])
         opt.zero_grad(set_to_none=True)
@@ -157,6 +165,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--pairs", type=int, default=3, help="DDP vs independent: alternating repetitions (median)")
     ap.add_argument("--steps", type=int, default=40, help="lockstep control: timed steps per rank")
     ap.add_argument("--no-reference", action="store_true",
                     help="skip the 1-process comparisons (the reference loop is slow): DDP and lockstep only")
@@ -184,14 +193,28 @@ def main():
                               "ratio": round(one / system, 2)}), flush=True)
         else:
             print(json.dumps({"bench": "cpu-1rank", "kit_img_s": one}), flush=True)
-        solo = [kit(prep, tmp / f"solo{i}", args.epochs, args.batch) for i in range(args.ranks)]
-        wait(*solo)
-        independent = sum(throughput(tmp / f"solo{i}") for i in range(args.ranks))
-        p = kit(prep, tmp / "ddp", args.epochs, args.batch * args.ranks, ranks=args.ranks); wait(p)
-        ddp = throughput(tmp / "ddp")
-        print(json.dumps({"bench": f"cpu-ddp-{args.ranks}", "independent_img_s": round(independent, 1),
-                          "ddp_img_s": ddp, "ratio": round(ddp / independent, 3), "target": 0.9,
+        # alternating pairs, median ratio: a VM's speed drifts 10-30 % between runs, so one pair proves little
+        independents, ddps, inlines = [], [], []
+        for pair in range(args.pairs):
+            solo = [kit(prep, tmp / f"solo{pair}-{i}", args.epochs, args.batch) for i in range(args.ranks)]
+            wait(*solo)
+            independents.append(sum(throughput(tmp / f"solo{pair}-{i}") for i in range(args.ranks)))
+            both = (("ddp", (), ddps), ("ddp-inline", ("--no-prefetch",), inlines))
+            for name, extra, into in both if pair % 2 == 0 else both[::-1]:  # neither always runs first
+                p = kit(prep, tmp / f"{name}{pair}", args.epochs, args.batch * args.ranks, ranks=args.ranks,
+                        extra=extra)
+                wait(p)
+                into.append(throughput(tmp / f"{name}{pair}"))
+        ratios = [d / i for d, i in zip(ddps, independents)]
+        ddp = statistics.median(ddps)
+        print(json.dumps({"bench": f"cpu-ddp-{args.ranks}", "independent_img_s": [round(v, 1) for v in independents],
+                          "ddp_img_s": ddps, "ratios": [round(r, 3) for r in ratios],
+                          "ratio": round(statistics.median(ratios), 3), "target": 0.9,
                           "efficiency_vs_1rank": round(ddp / (args.ranks * one), 3)}))
+        # the next batch augmented in an idle-priority thread (pneumo_hpc/prefetch.py) vs inline, DDP both
+        pf = [d / n for d, n in zip(ddps, inlines)]
+        print(json.dumps({"bench": f"cpu-prefetch-{args.ranks}", "ddp_inline_img_s": inlines, "ddp_img_s": ddps,
+                          "ratios": [round(r, 3) for r in pf], "ratio": round(statistics.median(pf), 3)}), flush=True)
         free = lockstep(prep, args.ranks, args.steps, args.batch, barrier=False)
         locked = lockstep(prep, args.ranks, args.steps, args.batch, barrier=True)
         print(json.dumps({"bench": f"cpu-lockstep-{args.ranks}", "free_img_s": round(free, 1),

@@ -33,6 +33,8 @@ def _fail(exc: Exception):
                    "computes exactly what serial does).")
 @click.option("--augment", type=click.Choice(AUGMENTS), default="auto", show_default=True,
               help="auto: albumentations on CPU, tensor ops on the GPU.")
+@click.option("--prefetch/--no-prefetch", default=True, show_default=True,
+              help="CPU: augment the next batch in a background thread on CPU time the step leaves idle.")
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="torch.compile the model.")
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -44,13 +46,13 @@ def _fail(exc: Exception):
               help="Seconds any collective may wait before a dead rank fails the run.")
 @click.option("--stop-after-steps", type=int, hidden=True)
 def train(data, model, weights, epochs, batch_size, lr, weight_decay, strategy, backend, device, precision, grad_compress,
-          augment, compile_, channels_last, seed, out, resume, results, label, timeout_s, stop_after_steps):
+          augment, prefetch, compile_, channels_last, seed, out, resume, results, label, timeout_s, stop_after_steps):
     """Train the pneumonia classifier (serial, DDP or FSDP; any launcher)."""
     from pneumo_hpc.config import DataConfig, ModelConfig, OptimConfig, ParallelConfig, RunConfig, TrainConfig
     from pneumo_hpc.train import train as run_train
 
     cfg = TrainConfig(
-        data=DataConfig(path=data, augment=augment),
+        data=DataConfig(path=data, augment=augment, prefetch=prefetch),
         model=ModelConfig(name=model, weights=weights),
         optim=OptimConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay),
         parallel=ParallelConfig(strategy=strategy, backend=backend, device=device, precision=precision,

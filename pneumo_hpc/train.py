@@ -32,6 +32,7 @@ from pneumo_hpc.host_memory import keep_freed_memory
 from pneumo_hpc.metrics import classification_metrics
 from pneumo_hpc.models import build_model
 from pneumo_hpc.parallel import Plan
+from pneumo_hpc.prefetch import Prefetch
 from pneumo_hpc.results import append_result
 
 EXIT_REQUEUE = 99  # "checkpointed on a signal: run me again with --resume" (launch/ requeues on it)
@@ -152,6 +153,7 @@ def _train(cfg: TrainConfig, ctx) -> dict:
 
     if cfg.parallel.compile and on_device:
         prepare = torch.compile(prepare)  # ~20 elementwise passes over the batch fused into one
+    prefetch = cfg.data.prefetch and not on_device  # a GPU's batches are kernels queued behind the step already
 
     ckpt = Checkpointer(run_dir, plan.strategy, ctx.is_main)
     state = {"epoch": 0, "step": 0, "global_step": 0, "history": [], "train_time_s": 0.0,
@@ -187,35 +189,45 @@ def _train(cfg: TrainConfig, ctx) -> dict:
                    disable=not ctx.is_main, mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=ctx.is_main)
         t0 = time.perf_counter()
         loss_acc = torch.zeros((), device=plan.device)
-        for step in range(state["step"], steps):
+
+        def batch(step, epoch=epoch, order=order, order_np=order_np):
             idx = order[step * b:(step + 1) * b]
-            seeds = sample_seeds(cfg.run.seed, epoch, idx if on_device else order_np[step * b:(step + 1) * b])
-            x = prepare(images[idx], seeds)
-            with plan.autocast():
-                logits = step_fn(x)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), labels[idx.to(plan.device)])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_acc += loss.detach()
-            bar.update(1)
-            state["global_step"] += 1
-            done = step + 1
-            hook = cfg.run.stop_after_steps is not None and state["global_step"] >= cfg.run.stop_after_steps
-            if hook:
-                stop.signum = stop.signum or int(signal.SIGUSR1)
-            if (done % cfg.run.sync_every == 0 or hook or done == steps) and stop.agreed(plan.device):
-                if done == steps:
-                    break  # the epoch is complete anyway: finish it normally, then stop below
-                state["loss_sum"] += _rank_mean(loss_acc); state["loss_n"] += step + 1 - state["step"]
-                state["step"] = done
-                state["epoch_time_s"] += time.perf_counter() - t0
-                state["train_time_s"] += time.perf_counter() - t0
-                ckpt.save(model, optimizer, snapshot())
-                bar.close()
-                _print0(ctx, f"signal {stop.signum}: checkpointed at epoch {epoch + 1} step {done}; "
-                             f"exit {EXIT_REQUEUE} (resume with --resume)")
-                raise SystemExit(EXIT_REQUEUE)
+            if on_device:
+                return step, idx, prepare(images[idx], sample_seeds(cfg.run.seed, epoch, idx))
+            idx_np = order_np[step * b:(step + 1) * b]
+            # the host augmentation is the part worth a background thread; normalising stays with the step
+            return step, idx, augment(torch.from_numpy(train_set.images[idx_np]),
+                                      sample_seeds(cfg.run.seed, epoch, idx_np))
+
+        with Prefetch(batch, range(state["step"], steps), enabled=prefetch) as batches:
+            for step, idx, x in batches:
+                if not on_device:
+                    x = to_input(x, plan.channels_last)
+                with plan.autocast():
+                    logits = step_fn(x)
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels[idx.to(plan.device)])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_acc += loss.detach()
+                bar.update(1)
+                state["global_step"] += 1
+                done = step + 1
+                hook = cfg.run.stop_after_steps is not None and state["global_step"] >= cfg.run.stop_after_steps
+                if hook:
+                    stop.signum = stop.signum or int(signal.SIGUSR1)
+                if (done % cfg.run.sync_every == 0 or hook or done == steps) and stop.agreed(plan.device):
+                    if done == steps:
+                        break  # the epoch is complete anyway: finish it normally, then stop below
+                    state["loss_sum"] += _rank_mean(loss_acc); state["loss_n"] += step + 1 - state["step"]
+                    state["step"] = done
+                    state["epoch_time_s"] += time.perf_counter() - t0
+                    state["train_time_s"] += time.perf_counter() - t0
+                    ckpt.save(model, optimizer, snapshot())
+                    bar.close()
+                    _print0(ctx, f"signal {stop.signum}: checkpointed at epoch {epoch + 1} step {done}; "
+                                 f"exit {EXIT_REQUEUE} (resume with --resume)")
+                    raise SystemExit(EXIT_REQUEUE)
         if plan.device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
@@ -245,6 +257,7 @@ def _train(cfg: TrainConfig, ctx) -> dict:
         "launcher": ctx.launcher, "world_size": plan.world_size, "nodes": _nodes(ctx), "device": plan.device.type,
         "compute_dtype": plan.precision, "grad_compress": plan.grad_compress if plan.strategy == "ddp" else "none",
         "compile": cfg.parallel.compile, "threads_per_rank": threads, "cpu_bind": ctx.cpu_bind,
+        "prefetch": prefetch,
         "host_malloc": host_malloc,
         "epochs": o.epochs, "batch_size": o.batch_size, "local_batch_size": b, "lr": o.lr,
         "train_time_s": round(state["train_time_s"], 4), "wall_time_s": round(time.perf_counter() - t_wall, 4),

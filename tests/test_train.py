@@ -53,6 +53,16 @@ def test_serial_writes_metrics_checkpoint_and_results(serial_run, prep):
     assert any(r["run_dir"] == str(serial_run.resolve()) for r in records)
 
 
+def test_prefetch_changes_nothing_but_when_batches_are_made(serial_run, prep, tmp_path):
+    """Augmenting the next batch ahead (the default on CPUs) trains on the very batches the inline path makes."""
+    out = tmp_path / "inline"
+    run(cli("train", "--data", prep, *TRAIN, "--no-prefetch", "--out", out))
+    inline, ahead = metrics(out), metrics(serial_run)
+    assert (inline["prefetch"], ahead["prefetch"]) == (False, True)
+    for a, b in zip(inline["history"], ahead["history"]):
+        assert (a["train_loss"], a["val_loss"]) == (b["train_loss"], b["val_loss"]), (a, b)
+
+
 def test_evaluate_reproduces_validation_metrics(serial_run, prep):
     out = run(cli("evaluate", "--run", serial_run, "--data", prep)).stdout
     scored = json.loads(out.strip().splitlines()[-1])
