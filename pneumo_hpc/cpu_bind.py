@@ -55,9 +55,14 @@ def plan(local_rank: int, local_world: int, environ=os.environ) -> tuple[str, li
     return "cores", share(own, local_rank, local_world)
 
 
-def bind(local_rank: int, local_world: int, environ=os.environ) -> tuple[str, list[int]]:
-    """plan(), applied to the calling process (before it starts threads: they inherit it)."""
-    how, cpus = plan(local_rank, local_world, environ)
+def apply(how: str, cpus: list[int]) -> None:
+    """Carry out a plan() on the calling process (before it starts threads: they inherit it)."""
     if how == "cores":
         os.sched_setaffinity(0, cpus)
+
+
+def bind(local_rank: int, local_world: int, environ=os.environ) -> tuple[str, list[int]]:
+    """plan(), applied to the calling process."""
+    how, cpus = plan(local_rank, local_world, environ)
+    apply(how, cpus)
     return how, cpus

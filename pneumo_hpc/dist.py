@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Mapping
 
 from pneumo_hpc.cluster import ClusterEnvironment, detect
+from pneumo_hpc.cpu_bind import apply as apply_cpus
 from pneumo_hpc.cpu_bind import plan as plan_cpus
 
 if TYPE_CHECKING:
@@ -163,8 +164,8 @@ def setup(backend: str = "auto", device: str = "auto", timeout_s: float | None =
     cluster.export()
     if ctx.device.type == "cuda":
         torch.cuda.set_device(ctx.device)
-    elif ctx.cpu_bind == "cores":  # before the group and the thread pools start: their threads inherit it
-        os.sched_setaffinity(0, ctx.cpus)
+    else:  # before the group and the thread pools start: their threads inherit it
+        apply_cpus(ctx.cpu_bind, ctx.cpus)
     if ctx.distributed and not dist.is_initialized():
         if ctx.backend == "gloo" and os.environ.get("PNEUMO_IFNAME"):
             os.environ.setdefault("GLOO_SOCKET_IFNAME", os.environ["PNEUMO_IFNAME"])

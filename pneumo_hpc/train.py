@@ -32,7 +32,7 @@ from pneumo_hpc.host_memory import keep_freed_memory
 from pneumo_hpc.metrics import classification_metrics
 from pneumo_hpc.models import build_model
 from pneumo_hpc.parallel import Plan
-from pneumo_hpc.prefetch import Prefetch
+from pneumo_hpc.prefetch import Prefetch, idle_priority_available
 from pneumo_hpc.results import append_result
 
 EXIT_REQUEUE = 99  # "checkpointed on a signal: run me again with --resume" (launch/ requeues on it)
@@ -148,12 +148,13 @@ def _train(cfg: TrainConfig, ctx) -> dict:
     step_fn = torch.compile(model) if cfg.parallel.compile else model
     on_device = data_device.type == "cuda"  # then the batch's indices, seeds and pixels never leave the GPU
 
-    def prepare(x_u8, seeds):
-        return to_input(augment(x_u8, seeds).to(plan.device, non_blocking=True), plan.channels_last)
+    def prepare(x_u8, seeds):  # the device path: the images are resident there already
+        return to_input(augment(x_u8, seeds), plan.channels_last)
 
     if cfg.parallel.compile and on_device:
         prepare = torch.compile(prepare)  # ~20 elementwise passes over the batch fused into one
-    prefetch = cfg.data.prefetch and not on_device  # a GPU's batches are kernels queued behind the step already
+    # a GPU's batches are kernels queued behind the step already; metrics.json says whether the thread ran
+    prefetch = cfg.data.prefetch and not on_device and idle_priority_available()
 
     ckpt = Checkpointer(run_dir, plan.strategy, ctx.is_main)
     state = {"epoch": 0, "step": 0, "global_step": 0, "history": [], "train_time_s": 0.0,
