@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 export YOLO_OFFLINE := 1
 
-.PHONY: help venv system demo demo-data demo-detect test test-fast gpu-check scaling-cpu clean
+.PHONY: help venv system demo demo-data demo-detect test test-fast gpu-check scaling-cpu image-check clean
 
 help:
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -81,5 +81,8 @@ gpu-check: ## on a CUDA machine: serial/ddp/fsdp with NCCL + bf16 + compile, pri
 
 clean:
 	rm -rf $(DEMO_DIR) build .pytest_cache
+
+image-check: ## CPU image root from containers/pneumo-hpc-cpu.def without Apptainer: %post, %test, offline DDP, SIF (root)
+	bash containers/image-check.sh
 
 -include launch/launch.mk
