@@ -11,6 +11,8 @@ KIT_ROOT := $(patsubst %/,%,$(dir $(LAUNCH_DIR)))
 PYTHON ?= python3
 
 # ---- where and how big (GPUS is per node; CPUS is the number of CPU DDP ranks; THREADS cores per CPU rank)
+# LAUNCHER starts the ranks: srun (one task per rank), mpirun (Open MPI inside the allocation) or torchrun (one
+# agent per node, c10d rendezvous on the first node)
 PARTITION ?=
 ACCOUNT ?=
 QOS ?=
@@ -24,6 +26,7 @@ THREADS ?= 1
 CPUS_PER_GPU ?= 2
 PREP_TASKS ?= 4
 MPI ?= pmix
+LAUNCHER ?= srun
 IFNAME ?=
 SBATCH_ARGS ?=
 # ---- what (EPOCHS, BATCH, LR may already come from the top-level Makefile)
@@ -33,6 +36,7 @@ MODEL ?= small-cnn
 EPOCHS ?= 10
 BATCH ?= 32
 LR ?= 1e-3
+PRECISION ?= auto
 GPU_BACKEND ?= auto
 IMG_SIZE ?= 128
 YOLO_SIZE ?= 416
@@ -53,7 +57,7 @@ DRY_RUN ?= 0
 WAIT ?=
 
 LAUNCH_VARS := PARTITION ACCOUNT QOS MEM TIME REPORT_TIME NODES GPUS CPUS THREADS CPUS_PER_GPU PREP_TASKS MPI \
-  IFNAME SBATCH_ARGS DATA RSNA MODEL EPOCHS BATCH LR GPU_BACKEND IMG_SIZE YOLO_SIZE YOLO_MODEL YOLO_BATCH \
+  LAUNCHER IFNAME SBATCH_ARGS DATA RSNA MODEL EPOCHS BATCH LR PRECISION GPU_BACKEND IMG_SIZE YOLO_SIZE YOLO_MODEL YOLO_BATCH \
   RUNS_DIR RESULTS SCALING LABEL SIF APPTAINER PNEUMO_HPC_BIN REQUEUE_EXIT MAX_REQUEUE SIGNAL_SECONDS DRY_RUN WAIT
 quote = '$(subst ','"'"',$(1))'
 render = $(PYTHON) $(LAUNCH_DIR)/render.py $(1) $(foreach v,$(LAUNCH_VARS),$(call quote,$(v)=$($(v))))

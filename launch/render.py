@@ -24,8 +24,8 @@ BODY = LAUNCH_DIR / "job.sbatch"
 DEFAULTS = {
     "PARTITION": "", "ACCOUNT": "", "QOS": "", "TIME": "01:00:00", "REPORT_TIME": "00:15:00", "MEM": "",
     "NODES": "1", "GPUS": "2", "CPUS": "2", "THREADS": "1", "CPUS_PER_GPU": "2", "PREP_TASKS": "4",
-    "MPI": "pmix", "IFNAME": "", "SBATCH_ARGS": "",
-    "DATA": "data/prep", "RSNA": "data/rsna", "MODEL": "small-cnn", "EPOCHS": "10", "BATCH": "32", "LR": "1e-3",
+    "MPI": "pmix", "LAUNCHER": "srun", "IFNAME": "", "SBATCH_ARGS": "",
+    "DATA": "data/prep", "RSNA": "data/rsna", "MODEL": "small-cnn", "EPOCHS": "10", "BATCH": "32", "LR": "1e-3", "PRECISION": "auto",
     "GPU_BACKEND": "auto", "IMG_SIZE": "128", "YOLO_SIZE": "416", "YOLO_MODEL": "yolov8n.yaml", "YOLO_BATCH": "16",
     "RUNS_DIR": "runs", "RESULTS": "", "SIF": "", "APPTAINER": "apptainer", "PNEUMO_HPC_BIN": "",
     "LAUNCH_DIR": str(LAUNCH_DIR), "REQUEUE_EXIT": "99", "MAX_REQUEUE": "3", "SIGNAL_SECONDS": "120",
@@ -47,13 +47,18 @@ EXPERIMENTS = {
 }
 # Variables the job body reads, per mode (the config block exports exactly these, empty or not).
 MODE_VARS = {
-    "train": ("DATA", "MODEL", "EPOCHS", "BATCH", "LR", "STRATEGY", "BACKEND", "LABEL"),
+    "train": ("DATA", "MODEL", "EPOCHS", "BATCH", "LR", "PRECISION", "STRATEGY", "BACKEND", "LABEL"),
     "detect": ("DATA", "YOLO_MODEL", "EPOCHS", "YOLO_SIZE", "YOLO_BATCH", "GPUS", "LABEL"),
     "preprocess": ("RSNA", "DATA", "IMG_SIZE", "YOLO_SIZE"),
     "report": (),
 }
 COMMON_VARS = ("PNEUMO_MODE", "PNEUMO_LABEL", "PNEUMO_GPU", "SRUN_MPI", "RUNS_DIR", "RESULTS", "LAUNCH_DIR",
-               "SIF", "APPTAINER", "PNEUMO_HPC_BIN", "IFNAME", "REQUEUE_EXIT", "MAX_REQUEUE")
+               "SIF", "APPTAINER", "PNEUMO_HPC_BIN", "LAUNCHER", "IFNAME", "REQUEUE_EXIT", "MAX_REQUEUE")
+
+
+# launcher -> the job modes it can start (torchrun runs the classifier; ultralytics spawns its own workers)
+LAUNCHERS = {"srun": ("train", "detect", "preprocess", "report"), "mpirun": ("train", "preprocess", "report"),
+             "torchrun": ("train", "report")}
 
 
 class LaunchError(ValueError):
@@ -82,6 +87,9 @@ def load_vars(assignments, cwd=None):
             values[key] = os.path.normpath(base / os.path.expanduser(values[key]))
     if "/" in values["PNEUMO_HPC_BIN"]:
         values["PNEUMO_HPC_BIN"] = os.path.normpath(base / values["PNEUMO_HPC_BIN"])
+    launchers = LAUNCHERS.get(values["LAUNCHER"])
+    if launchers is None:
+        raise LaunchError(f"LAUNCHER={values['LAUNCHER']!r}: use one of {', '.join(LAUNCHERS)}")
     if not values["RESULTS"]:
         values["RESULTS"] = os.path.join(values["RUNS_DIR"], "results.jsonl")
     return values
@@ -152,6 +160,10 @@ def render(exp, v):
     """(label, full sbatch script text) for one experiment."""
     mode, strategy, what = EXPERIMENTS.get(exp, (None, None, None))
     label, resources, extra = layout(exp, v)
+    if mode not in LAUNCHERS[v["LAUNCHER"]]:
+        raise LaunchError(f"LAUNCHER={v['LAUNCHER']} cannot start {exp} (it starts: "
+                          f"{', '.join(e for e, spec in EXPERIMENTS.items() if spec[0] in LAUNCHERS[v['LAUNCHER']])})"
+                          "; use LAUNCHER=srun")
     train = mode == "train"
     if train:
         check_batch(label, resources, v)

@@ -3,14 +3,21 @@
 #
 # Pins the math libraries to the cores SLURM gave this task (an unpinned rank spawns one thread per core of
 # the node and the ranks fight over them), then execs pneumo-hpc: inside the Apptainer image when SIF is set
-# (--nv when the job holds GPUs), else the native install (PNEUMO_HPC_BIN, or pneumo-hpc on PATH).
-# exec, so the signals SLURM sends reach pneumo-hpc itself. The rank/world/process group come from the SLURM
-# variables, which pneumo-hpc reads on its own.
+# (--nv when the job holds GPUs), else the native install (PNEUMO_HPC_BIN, else this checkout's .venv, else
+# pneumo-hpc on PATH). exec, so the signals SLURM sends reach pneumo-hpc itself. The rank/world/process group
+# come from the SLURM (or MPI) variables, which pneumo-hpc reads on its own.
+#
+# With PNEUMO_TORCHRUN_NPROC set (LAUNCHER=torchrun) this task is a node's torchrun agent instead: it starts
+# torchrun with c10d rendezvous at PNEUMO_TORCHRUN_ENDPOINT and hands the USR1 of the time limit to the workers
+# itself, because torchrun does not pass USR1 on (and would die of it).
 set -euo pipefail
 
 threads=${SLURM_CPUS_PER_TASK:-1}
+nproc=${PNEUMO_TORCHRUN_NPROC:-}
+if [ -n "$nproc" ]; then threads=$(( threads / nproc > 0 ? threads / nproc : 1 )); fi
 export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads
 
+# cmd: how this node runs pneumo-hpc (image or native)
 if [ -n "${SIF:-}" ]; then
   runtime=${APPTAINER:-apptainer}
   if ! command -v "$runtime" >/dev/null; then
@@ -22,13 +29,34 @@ if [ -n "${SIF:-}" ]; then
   fi
   nv=()
   if [ "${PNEUMO_GPU:-0}" = 1 ]; then nv=(--nv); fi
-  exec "$runtime" exec ${nv[@]+"${nv[@]}"} "$SIF" pneumo-hpc "$@"
+  cmd=("$runtime" exec ${nv[@]+"${nv[@]}"} "$SIF" pneumo-hpc)
+  torchrun=("$runtime" exec ${nv[@]+"${nv[@]}"} "$SIF" torchrun)
+else
+  bin=${PNEUMO_HPC_BIN:-}
+  checkout_bin="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv/bin/pneumo-hpc"
+  if [ -z "$bin" ] && [ -x "$checkout_bin" ]; then bin=$checkout_bin; fi   # the checkout's own `make venv`
+  bin=${bin:-pneumo-hpc}
+  if ! command -v "$bin" >/dev/null; then
+    echo "task.sh: '$bin' not found on $(hostname): set PNEUMO_HPC_BIN=/path/to/venv/bin/pneumo-hpc" \
+         "or SIF=/path/to/pneumo-hpc.sif (make sbatch-... PNEUMO_HPC_BIN=...), or run make venv in this checkout" >&2
+    exit 127
+  fi
+  cmd=("$bin")
+  torchrun=("$(dirname "$(command -v "$bin")")/torchrun")
 fi
 
-bin=${PNEUMO_HPC_BIN:-pneumo-hpc}
-if ! command -v "$bin" >/dev/null; then
-  echo "task.sh: '$bin' not found on $(hostname): set PNEUMO_HPC_BIN=/path/to/venv/bin/pneumo-hpc" \
-       "or SIF=/path/to/pneumo-hpc.sif (make sbatch-... PNEUMO_HPC_BIN=...)" >&2
-  exit 127
-fi
-exec "$bin" "$@"
+if [ -z "$nproc" ]; then exec "${cmd[@]}" "$@"; fi
+
+: "${PNEUMO_TORCHRUN_NNODES:?}" "${PNEUMO_TORCHRUN_ENDPOINT:?}" "${SLURM_JOB_ID:?}"
+# a session of its own: a signal SLURM sends to this task's process group reaches only this script
+setsid "${torchrun[@]}" --nnodes "$PNEUMO_TORCHRUN_NNODES" --nproc-per-node "$nproc" --rdzv-backend c10d \
+  --rdzv-endpoint "$PNEUMO_TORCHRUN_ENDPOINT" --rdzv-id "$SLURM_JOB_ID" --max-restarts 0 -m pneumo_hpc "$@" &
+agent=$!
+trap 'pkill -USR1 -P "$agent" || true' USR1
+trap 'kill -TERM "$agent" 2>/dev/null || true' TERM INT
+rc=0
+while :; do
+  wait "$agent" && rc=0 || rc=$?
+  kill -0 "$agent" 2>/dev/null || break   # a trapped signal ended the wait, not the agent
+done
+exit "$rc"

@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Mapping
 
 from pneumo_hpc.cluster import ClusterEnvironment, detect
+from pneumo_hpc.cluster import interface
 from pneumo_hpc.cpu_bind import apply as apply_cpus
 from pneumo_hpc.cpu_bind import plan as plan_cpus
 
@@ -167,8 +168,12 @@ def setup(backend: str = "auto", device: str = "auto", timeout_s: float | None =
     else:  # before the group and the thread pools start: their threads inherit it
         apply_cpus(ctx.cpu_bind, ctx.cpus)
     if ctx.distributed and not dist.is_initialized():
-        if ctx.backend == "gloo" and os.environ.get("PNEUMO_IFNAME"):
-            os.environ.setdefault("GLOO_SOCKET_IFNAME", os.environ["PNEUMO_IFNAME"])
+        if os.environ.get("PNEUMO_IFNAME"):
+            os.environ.setdefault("GLOO_SOCKET_IFNAME" if ctx.backend == "gloo" else "NCCL_SOCKET_IFNAME",
+                                  os.environ["PNEUMO_IFNAME"])
+        # a name this node lacks would leave every rank waiting in the rendezvous until the timeout
+        interface.check(ctx.rank, variables=("PNEUMO_IFNAME", "GLOO_SOCKET_IFNAME" if ctx.backend == "gloo"
+                                             else "NCCL_SOCKET_IFNAME"))
         kwargs: dict[str, Any] = {"device_id": ctx.device} if ctx.backend == "nccl" else {}
         dist.init_process_group(backend=ctx.backend, init_method="env://", timeout=timeout, **kwargs)
     _CTX = ctx
@@ -182,6 +187,18 @@ def teardown(ctx: DistContext | None = None) -> None:
     dist = sys.modules.get("torch.distributed")  # never imported -> nothing to tear down
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def hosts(ctx: DistContext) -> list[str]:
+    """The host of every rank, in rank order (one all-gather; no group: this host)."""
+    import torch.distributed as dist
+
+    me = socket.gethostname()
+    if not (ctx.distributed and dist.is_initialized()):
+        return [me]
+    out: list = [None] * ctx.world_size
+    dist.all_gather_object(out, me)
+    return [str(h) for h in out]
 
 
 def _rank() -> int:

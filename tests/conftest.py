@@ -51,15 +51,58 @@ def mpirun():
             "--mca", "oob_tcp_if_include", "lo"]
 
 
+KEEP = os.environ.get("KEEP_CLUSTER") == "1"  # leave the daemons running after the suite, for debugging
+
+
 @pytest.fixture(scope="session")
 def slurm():
     """A real single-node SLURM (slurmctld, slurmd, munge; 8 CPUs, 3 fake GPUs). Returns its environment."""
     if shutil.which("slurmctld") is None and os.geteuid() != 0:
         pytest.skip("SLURM is not installed and this user cannot install it (run as root: make test)")
     env = tool_env(SLURM_BASE=SLURM_BASE, SLURM_CPUS="8", FAKE_GPUS="3")
-    run(["bash", str(REPO / ".ci" / "start-slurm.sh")], env=env, timeout=600)
+    script = str(REPO / ".ci" / "start-slurm.sh")
+    run(["bash", script], env=env, timeout=600)
     env["SLURM_CONF"] = f"{SLURM_BASE}/etc/slurm.conf"
-    return env
+    yield env
+    if not KEEP:
+        run(["bash", script, "stop"], env=env, timeout=120)
+
+
+class Cluster:
+    """The multi-node SLURM of .ci/start-multinode.sh: nodes n1..nN in network namespaces, login node ctl."""
+    SCRIPT = str(REPO / ".ci" / "start-multinode.sh")
+    BASE = os.environ.get("PNEUMO_TEST_CLUSTER_BASE", "/tmp/pneumo-hpc-cluster")
+    KNOBS = {"NODES": "3", "CPUS": "4", "FAKE_GPUS": "2", "SLURMD_TIMEOUT": "20", "CRED_EXPIRE": "10"}
+    IFNAME = "pnc0"
+    NET = "10.201.0"
+
+    def __init__(self):
+        # the SLURM clients in bin/ re-exec themselves on the login node; SLURM_CONF is theirs to set
+        self.env = tool_env(PATH=f"{self.BASE}/bin{os.pathsep}{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                            PNC_BASE=self.BASE)
+        self.env.pop("SLURM_CONF", None)
+
+    def script(self, *args, timeout=300):
+        return run(["bash", self.SCRIPT, *args], env=dict(self.env, **self.KNOBS), timeout=timeout)
+
+    def login(self, *cmd, **kw):
+        """Run a command on the login node (its namespaces), as a user of the cluster would."""
+        return run([f"{self.BASE}/bin/pnc-exec", *cmd], env=kw.pop("env", self.env), **kw)
+
+    def on(self, node, *cmd, **kw):
+        return run([f"{self.BASE}/bin/pnc-enter", node, *cmd], env=kw.pop("env", self.env), **kw)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A real 3-node SLURM (own munge, slurmctld on the login node, one slurmd per node namespace)."""
+    if os.geteuid() != 0:
+        pytest.skip("the multi-node cluster needs root (network namespaces, daemons): run make test as root")
+    c = Cluster()
+    c.script("start", timeout=600)
+    yield c
+    if not KEEP:
+        c.script("stop", timeout=180)
 
 
 @pytest.fixture(scope="session")

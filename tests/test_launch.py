@@ -17,9 +17,9 @@ from conftest import REPO, VENV_BIN, run, tool_env
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 # Everything launch.mk reads: the caller's environment must not leak into renders that are compared to goldens.
-LAUNCH_VARS = ("PARTITION ACCOUNT QOS MEM TIME REPORT_TIME NODES GPUS CPUS THREADS CPUS_PER_GPU PREP_TASKS MPI IFNAME "
+LAUNCH_VARS = ("PARTITION ACCOUNT QOS MEM TIME REPORT_TIME NODES GPUS CPUS THREADS CPUS_PER_GPU PREP_TASKS MPI LAUNCHER IFNAME "
                "SBATCH_ARGS DATA RSNA MODEL EPOCHS BATCH LR GPU_BACKEND IMG_SIZE YOLO_SIZE YOLO_MODEL YOLO_BATCH "
-               "RUNS_DIR RESULTS SCALING LABEL SIF APPTAINER PNEUMO_HPC_BIN REQUEUE_EXIT MAX_REQUEUE SIGNAL_SECONDS "
+               "PRECISION RUNS_DIR RESULTS SCALING LABEL SIF APPTAINER PNEUMO_HPC_BIN REQUEUE_EXIT MAX_REQUEUE SIGNAL_SECONDS "
                "DRY_RUN WAIT MAKEFLAGS MFLAGS MAKELEVEL MAKEOVERRIDES").split()
 FIXED = ["DATA=/scratch/pneumo/prep", "RSNA=/scratch/pneumo/rsna", "RUNS_DIR=/scratch/pneumo/runs",
          "EPOCHS=10", "BATCH=48", "LR=1e-3"]
@@ -36,6 +36,7 @@ CASES = {
     "sbatch-ddp-sif": ["sbatch-ddp", "GPUS=4", "NODES=2", "SIF=/images/pneumo-hpc-gpu.sif", "PARTITION=gpu",
                        "ACCOUNT=proj42", "QOS=normal", "MEM=64G", "IFNAME=ib0", "TIME=02:00:00",
                        "MODEL=resnet18"],
+    "sbatch-ddp-torchrun": ["sbatch-ddp", "GPUS=2", "NODES=2", "LAUNCHER=torchrun", "PRECISION=fp32"],
 }
 
 
@@ -126,6 +127,8 @@ def test_relative_paths_become_absolute(tmp_path):
     (["sbatch-preprocess", "PREP_TASKS=2"], "dask-mpi needs at least 3 ranks"),
     (["sbatch-scaling", "SCALING=serial bogus:2"], "SCALING item 'bogus:2'"),
     (["sbatch-scaling", "SCALING=serial fsdp:3", "BATCH=32"], "over the 3 ranks of fsdp-3"),
+    (["sbatch-ddp", "LAUNCHER=pdsh"], "LAUNCHER='pdsh': use one of srun, mpirun, torchrun"),
+    (["sbatch-yolo", "LAUNCHER=torchrun"], "LAUNCHER=torchrun cannot start yolo"),
 ])
 def test_bad_settings_fail_before_anything_is_queued(variables, message):
     proc = make(*variables[:1], "DRY_RUN=1", "DATA=/x", *variables[1:], check=False)

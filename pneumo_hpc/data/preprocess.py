@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumo_hpc.cluster.interface import check as check_interface
 from pneumo_hpc.atomic import write_bytes, write_csv, write_text, write_with
 from pneumo_hpc.data import rsna, yolo
 
@@ -265,6 +266,11 @@ def start_mpi(cfg: PreprocessConfig) -> tuple[bool, str]:
     logging.getLogger("distributed").setLevel(os.environ.get("PNEUMO_DASK_LOG_LEVEL", "WARNING").upper())
     scratch = tempfile.mkdtemp(prefix=f"pneumo-dask-{MPI.COMM_WORLD.Get_rank()}-")
     interface = cfg.interface or os.environ.get(INTERFACE_ENV) or None
+    if interface:  # a missing one leaves the workers waiting for a scheduler that never listens
+        try:
+            check_interface(MPI.COMM_WORLD.Get_rank(), {"--interface": interface}, variables=("--interface",))
+        except ValueError as e:
+            raise ClusterError(str(e)) from None
     is_client = initialize(interface=interface, nthreads=1, local_directory=scratch, dashboard=False, exit=False)
     return is_client, scratch
 
@@ -277,6 +283,10 @@ def _run_mpi_client(tasks: list[dict], cfg: PreprocessConfig) -> tuple[list[dict
     with Client() as client:  # dask_mpi.initialize set the scheduler address in dask.config
         client.wait_for_workers(n_workers, timeout=300)
         log(f"dask-mpi cluster: {n_workers} worker(s) at {client.scheduler.address}")
+        import socket
+
+        for address, host in sorted(client.run(socket.gethostname).items()):
+            log(f"dask-mpi worker on {host} ({address})")
         return _run_dask(client, tasks, cfg.retries)
 
 
