@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 export YOLO_OFFLINE := 1
 
-.PHONY: help venv system demo demo-data demo-detect test test-fast gpu-check scaling-cpu image-check clean
+.PHONY: help venv system demo demo-data demo-detect test test-fast gpu-check scaling-cpu cluster-up cluster-down image-check clean
 
 help:
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -53,7 +53,7 @@ test: $(STAMP) system ## the whole suite, real SLURM/Open MPI/Lmod included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## unit tests only (no services, no slow trainings)
-	$(BIN)/python -m pytest -m "not slurm and not mpi and not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slurm and not mpi and not multinode and not slow" $(PYTEST_ARGS)
 
 DETECT_EPOCHS ?= 3
 DETECT_IMGSZ ?= 128
@@ -78,6 +78,14 @@ scaling-cpu: $(STAMP) demo-data ## serial vs DDP/FSDP at SCALING_RANKS (1 thread
 
 gpu-check: ## on a CUDA machine: serial/ddp/fsdp with NCCL + bf16 + compile, prints img/s
 	PY=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash benchmarks/gpu_check.sh
+
+CLUSTER_NODES ?= $(if $(filter command line,$(origin NODES)),$(NODES),3)
+cluster-up: ## a real NODES-node SLURM cluster on this machine, in network namespaces (root; see docs/multinode.md)
+	NODES=$(CLUSTER_NODES) bash .ci/start-multinode.sh start
+	@echo "run clients on the login node: /tmp/pneumo-hpc-cluster/bin/pnc-exec make sbatch-ddp NODES=2 GPUS=2 IFNAME=pnc0"
+
+cluster-down: ## stop the local multi-node cluster and remove its namespaces and route
+	bash .ci/start-multinode.sh stop
 
 clean:
 	rm -rf $(DEMO_DIR) build .pytest_cache
