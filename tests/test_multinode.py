@@ -178,9 +178,12 @@ def test_preprocessing_across_nodes_matches_local(cluster, rsna_dir, tmp_path):
     workers = set(re.findall(r"worker on (n\d)", log))
     assert workers == {"n1", "n2"}, log[-3000:]
 
-    def digests(root):
-        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(root.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+    run_record = json.loads((spread / "run.json").read_text())
+    assert (run_record["cluster"], run_record["config"]["interface"]) == ("mpi", "pnc0"), run_record
+
+    def digests(root):  # every output; the run's own record (times, cluster) and its absolute path aside
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes().replace(str(root).encode(), b"ROOT"))
+                .hexdigest() for p in sorted(root.rglob("*")) if p.is_file() and p.name != "run.json"}
 
     assert digests(spread) == digests(local) and len(digests(local)) > 10
 
