@@ -123,11 +123,14 @@ mount_system() {  # what Apptainer provides inside a build or a run
   bind ro /etc/resolv.conf /etc/resolv.conf
   bind ro /etc/hosts /etc/hosts
   mkdir -p "$WORK/tmp"
+  chmod 1777 "$WORK/tmp"  # apt's _apt user and any job user write there
   bind "$WORK/tmp" /tmp
 }
 mount_build_caches() {  # bounded downloads: the host's apt archive, pip configuration, local wheel indexes, CA bundle
   bind /var/cache/apt/archives /var/cache/apt/archives
-  bind ro /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+  # the host's CA bundle (what PIP_CERT names) beside the root's own, not over it: the root's ca-certificates
+  # package rewrites /etc/ssl/certs/ca-certificates.crt when %post installs it
+  bind ro "$HOST_CA" "$ROOT_CA"
   local d
   for d in /etc/xdg/pip /etc/pip.conf $(pip_local_dirs); do bind ro "$d" "$d"; done
   # the host user's pip configuration (here: find-links and the file:// indexes) as root's inside
@@ -145,8 +148,11 @@ unmount_all() { cleanup; }
 
 # the environment a build step or the container sees: nothing of the host's shell but what Apptainer passes
 ENV_BASE=(HOME=/root USER=root LANG=C.UTF-8 TERM=dumb PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
-ENV_PIP=()
-for v in PIP_CERT PIP_FIND_LINKS PIP_DEFAULT_TIMEOUT PIP_DISABLE_PIP_VERSION_CHECK PIP_INDEX_URL PIP_EXTRA_INDEX_URL; do
+HOST_CA=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
+ROOT_CA=/run/image-check/host-ca-certificates.crt
+[ -f "$HOST_CA" ] || die "no host CA bundle at $HOST_CA (set PIP_CERT)"
+ENV_PIP=(PIP_CERT="$ROOT_CA")  # the environment beats the bound pip.conf's cert=
+for v in PIP_FIND_LINKS PIP_DEFAULT_TIMEOUT PIP_DISABLE_PIP_VERSION_CHECK PIP_INDEX_URL PIP_EXTRA_INDEX_URL; do
   [ -z "${!v:-}" ] || ENV_PIP+=("$v=${!v}")
 done
 in_root() {  # in_root SCRIPT_FILE(inside root) [env...]: /bin/sh -e, as Apptainer runs its scriptlets
@@ -167,7 +173,8 @@ STAMP=$ROOT/.image-check-done
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$files_key" ]; then
   stage "root: reusing $ROOT (def, install.sh, requirements and %files unchanged; %post not re-run)"
 else
-  if [ ! -d "$ROOT" ]; then
+  if [ ! -f "$STAMP" ]; then  # no root for this key, or one whose %post did not finish: start from the tarball
+    rm -rf "${ROOT:?}" "$ROOT.part"
     if [ -z "${KEEP_ROOTS:-}" ]; then
       for old in "$WORK"/root-"$name"-*; do [ -d "$old" ] && { say "removing stale $old"; rm -rf "$old"; }; done
     fi
@@ -179,8 +186,8 @@ else
   else
     stage "root: $ROOT exists, %files changed: copying them again and re-running %post on it"
     fresh=0
+    rm -f "$STAMP"
   fi
-  rm -f "$STAMP"
 
   # ---- 2. %files, as listed (cp -a SRC DEST, parents created) ---------------------------------------------------
   stage "%files"

@@ -28,8 +28,11 @@ apt_install() {  # apt_install PKG...: install only what is missing; needs root
   echo "install.sh: apt-get install$missing"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  local log; log=$(mktemp)  # quiet when it works; the whole apt/dpkg output when it does not
   # shellcheck disable=SC2086
-  apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  apt-get install -y -qq --no-install-recommends $missing >"$log" 2>&1 || {
+    cat "$log" >&2; rm -f "$log"; echo "install.sh: apt-get install$missing failed" >&2; return 1; }
+  rm -f "$log"
 }
 
 install_python() {
