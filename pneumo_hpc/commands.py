@@ -44,9 +44,13 @@ def _fail(exc: Exception):
 @click.option("--label", help="Configuration name in the report, e.g. '2-CPU DDP'.")
 @click.option("--timeout", "timeout_s", type=int, default=300, show_default=True,
               help="Seconds any collective may wait before a dead rank fails the run.")
+@click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True),
+              help="Also report an operating threshold chosen on the validation set for this sensitivity, e.g. 0.9 "
+                   "(operating_threshold, operating_sensitivity, operating_specificity); `threshold` stays 0.5.")
 @click.option("--stop-after-steps", type=int, hidden=True)
 def train(data, model, weights, epochs, batch_size, lr, weight_decay, strategy, backend, device, precision, grad_compress,
-          augment, prefetch, compile_, channels_last, seed, out, resume, results, label, timeout_s, stop_after_steps):
+          augment, prefetch, compile_, channels_last, seed, out, resume, results, label, timeout_s, stop_after_steps,
+          target_sensitivity):
     """Train the pneumonia classifier (serial, DDP or FSDP; any launcher)."""
     from pneumo_hpc.config import DataConfig, ModelConfig, OptimConfig, ParallelConfig, RunConfig, TrainConfig
     from pneumo_hpc.train import train as run_train
@@ -59,7 +63,7 @@ def train(data, model, weights, epochs, batch_size, lr, weight_decay, strategy, 
                                 compile=compile_, channels_last=channels_last, grad_compress=grad_compress,
                                 timeout_s=timeout_s),
         run=RunConfig(out=out, seed=seed, resume=resume, results=results, label=label,
-                      stop_after_steps=stop_after_steps),
+                      stop_after_steps=stop_after_steps, target_sensitivity=target_sensitivity),
     )
     try:
         run_train(cfg)
@@ -78,7 +82,8 @@ def load_classifier(run_dir: Path, device: str = "cpu"):
     return model.to(device).eval(), meta
 
 
-def evaluate_run(run_dir: Path, data: Path, split: str = "val", device: str = "cpu") -> dict:
+def evaluate_run(run_dir: Path, data: Path, split: str = "val", device: str = "cpu",
+                 target_sensitivity: float | None = None) -> dict:
     import torch
 
     from pneumo_hpc.dataset import load_split
@@ -89,7 +94,7 @@ def evaluate_run(run_dir: Path, data: Path, split: str = "val", device: str = "c
     # same arithmetic as training's own validation, so a re-score reproduces metrics.json
     plan = Plan("serial", 1, 0, 1, torch.device(device), bf16=meta.get("compute_dtype") == "bf16",
                 channels_last=bool(meta.get("channels_last", False)))
-    metrics = evaluate_split(model, load_split(data, split), plan)
+    metrics = evaluate_split(model, load_split(data, split), plan, target_sensitivity=target_sensitivity)
     return {"run": str(run_dir), "data": str(data), "split": split, "model": meta["model"],
             "strategy": meta["strategy"], **metrics}
 
@@ -99,12 +104,15 @@ def evaluate_run(run_dir: Path, data: Path, split: str = "val", device: str = "c
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="--out of `pneumo-hpc preprocess`.")
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-def evaluate(run_dir, data, split, device):
+@click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True),
+              help="Also report an operating threshold chosen on the validation set for this sensitivity, e.g. 0.9 "
+                   "(operating_threshold, operating_sensitivity, operating_specificity); `threshold` stays 0.5.")
+def evaluate(run_dir, data, split, device, target_sensitivity):
     """Re-score a trained checkpoint; writes RUN/eval.json and prints it."""
     from pneumo_hpc.atomic import write_text
 
     try:
-        metrics = evaluate_run(run_dir, data, split, device)
+        metrics = evaluate_run(run_dir, data, split, device, target_sensitivity)
     except (ValueError, FileNotFoundError) as exc:
         _fail(exc)
     write_text(Path(run_dir) / "eval.json", json.dumps(metrics, indent=1), durable=True)

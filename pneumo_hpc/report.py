@@ -39,7 +39,21 @@ ROW_KEYS = GROUP_KEYS + ("configuration", "strategy", "device", "workers", "node
 # same device type, then any serial run of the group.
 BASELINE_MATCHES = (("device", "compute_dtype", "compile"), ("device",), ())
 MEAN_FIELDS = ("train_time_s", "accuracy", "map50", "map50_95", "rsna_map", "throughput", "precision", "recall",
-               "f1", "roc_auc")
+               "f1", "roc_auc", "sensitivity", "specificity", "pr_auc", "all_negative_accuracy",
+               "operating_threshold", "operating_sensitivity", "operating_specificity")
+# What a clinician reads, beside the scaling columns (classifier runs; the detector's own figures below them)
+CLINICAL_FIELDS = ("sensitivity", "specificity", "pr_auc", "all_negative_accuracy", "target_sensitivity",
+                   "operating_threshold", "operating_sensitivity", "operating_specificity")
+
+# Published figures on the REAL RSNA Pneumonia Detection Challenge data, shown beside the synthetic demo's
+# (never compared as if the data were the same): the reference study's table lives in pneumo_hpc.reference.
+PUBLISHED_RSNA = (
+    ("detector", "YOLOv5s at 640 px, RSNA boxes", "mAP50 0.468, mAP50-95 0.149"),
+    ("detector", "winning Kaggle RSNA Pneumonia entry (private leaderboard, an ensemble)", "RSNA metric 0.253"),
+    ("classifier", "DenseNet-121 pneumonia classifier", "ROC AUC about 0.88"),
+    ("classifier", "reference study, serial CNN (CPU), balanced ~12,000 images", "accuracy 87.2 %"),
+    ("detector", "reference study, YOLOv8 nano (4 GPUs), 416 px", "training 5208 s; mAP not published"),
+)
 CSV_COLUMNS = ("configuration", "kind", "model", "strategy", "device", "workers", "nodes", "launcher", "backend",
                "compute_dtype", "compile", "epochs", "batch_size", "data", "runs", "train_time_s", "train_time_std_s", "accuracy",
                "accuracy_pct", "map50", "map50_95", "rsna_map", "throughput_img_s", "speedup", "efficiency",
@@ -123,8 +137,10 @@ def normalize(record: dict) -> dict:
     }
     if run["throughput"] is None:
         run["throughput"] = _number(record, "images_per_s" if kind == "classifier" else "samples_per_s", where)
-    for key in ("map50", "map50_95", "rsna_map", "precision", "recall", "f1", "roc_auc"):
+    for key in ("map50", "map50_95", "rsna_map", "precision", "recall", "f1", "roc_auc") + CLINICAL_FIELDS:
         run[key] = _number(record, key, where)
+    cm = record.get("confusion_matrix")
+    run["confusion_matrix"] = cm if isinstance(cm, list) and len(cm) == 2 else None
     if run["epochs"] is not None and run["epochs"] == int(run["epochs"]):
         run["epochs"] = int(run["epochs"])
     run["configuration"] = str(record.get("config") or configuration_label(kind, model, strategy, device, workers,
@@ -214,6 +230,8 @@ def build_table(records, baseline=None, reference=True):
         times = [m["train_time_s"] for m in members if m["train_time_s"] is not None]
         row["train_time_std_s"] = statistics.stdev(times) if len(times) > 1 else None
         row["batch_size"] = members[-1]["batch_size"]
+        row["confusion_matrix"] = members[-1].get("confusion_matrix")
+        row["target_sensitivity"] = members[-1].get("target_sensitivity")
         row["git_revision"] = ";".join(sorted({str(m["git_revision"]) for m in members if m["git_revision"]})) \
             or None
         rows.append(row)
@@ -320,6 +338,101 @@ def details_table(rows) -> str:
     return _md_table(header, lines)
 
 
+def _cm_text(cm) -> str:
+    if not cm:
+        return "-"
+    (tn, fp), (fn, tp) = cm
+    return f"TP {tp} / FN {fn} / FP {fp} / TN {tn}"
+
+
+def clinical_section(rows, reference=True) -> list[str]:
+    """The classifier's sensitivity/specificity/PR AUC and confusion matrix, the all-negative baseline, the
+    operating point; the detector's mAP and RSNA metric; published real-RSNA figures beside them, labelled."""
+    parts = []
+    clf = [r for r in rows if r["kind"] == "classifier"]
+    if clf:
+        has_op = any(r.get("operating_threshold") is not None for r in clf)
+        header = ["configuration", "accuracy", "all-negative accuracy", "sensitivity @0.5", "specificity @0.5",
+                  "ROC AUC", "PR AUC", "confusion @0.5"]
+        if has_op:
+            header += ["target sens.", "operating threshold", "sensitivity @op", "specificity @op"]
+        lines = []
+        for r in clf:
+            line = [r["configuration"], _fmt(r["accuracy_pct"], ".1f", " %"),
+                    _fmt(None if r["all_negative_accuracy"] is None else 100 * r["all_negative_accuracy"], ".1f",
+                         " %"),
+                    _fmt(r["sensitivity"], ".3f"), _fmt(r["specificity"], ".3f"), _fmt(r["roc_auc"], ".3f"),
+                    _fmt(r["pr_auc"], ".3f"), _cm_text(r.get("confusion_matrix"))]
+            if has_op:
+                line += [_fmt(r.get("target_sensitivity"), "g"), _fmt(r["operating_threshold"], ".3f"),
+                         _fmt(r["operating_sensitivity"], ".3f"), _fmt(r["operating_specificity"], ".3f")]
+            lines.append(line)
+        parts += ["", "## What a clinician reads", "", _md_table(header, lines), "",
+                  "Validation split. Sensitivity = recall of pneumonia, specificity = recall of normal images, at "
+                  "the 0.5 threshold; \"all-negative accuracy\" is what answering \"no pneumonia\" for every image "
+                  "scores on the same images (accuracy above it is the part the model earned). The operating "
+                  "threshold is chosen on the validation set for the target sensitivity (`--target-sensitivity`), "
+                  "so its figures are optimistic for new data."]
+    det = [r for r in rows if r["kind"] == "detector"]
+    if det:
+        lines = [[r["configuration"], _fmt(r["map50"], ".3f"), _fmt(r["map50_95"], ".3f"), _fmt(r["rsna_map"], ".3f"),
+                  _fmt(r["precision"], ".3f"), _fmt(r["recall"], ".3f")] for r in det]
+        parts += ["", "## Detector", "", _md_table(["configuration", "mAP50", "mAP50-95", "RSNA metric",
+                                                    "box precision", "box recall"], lines), "",
+                  "On the validation split of the data at hand; the RSNA metric is the competition's (mean over IoU "
+                  "0.40-0.75 of TP/(TP+FP+FN) per image)."]
+    if not reference:
+        return parts
+    parts += ["", "## Published figures on the real RSNA data (not this data)", "",
+              _md_table(["kind", "model / entry", "published figure"], [list(p) for p in PUBLISHED_RSNA]), "",
+              "These were measured on the real RSNA Pneumonia Detection Challenge images, which are far harder than "
+              "the synthetic set the demo makes: a synthetic figure above a published one says nothing about real "
+              "X-rays."]
+    return parts
+
+
+def _curve_data(row):
+    """(y_true, prob) from a member run's val_predictions.npz, or None."""
+    for m in row.get("_runs", ()):
+        if m.get("run_dir"):
+            path = Path(str(m["run_dir"])) / "val_predictions.npz"
+            try:
+                with np.load(path) as z:
+                    y, p = z["y_true"].astype(int), z["prob"].astype(float)
+            except (OSError, KeyError, ValueError):
+                continue
+            if len(np.unique(y)) == 2:
+                return y, p
+    return None
+
+
+def plot_curves(rows) -> bytes | None:
+    """ROC and precision-recall curves per classifier configuration (from each run's val_predictions.npz)."""
+    from matplotlib.figure import Figure
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+    data = [(r["configuration"], d) for r in rows if r["kind"] == "classifier" and (d := _curve_data(r))]
+    if not data:
+        return None
+    fig = Figure(figsize=(11, 4.5))
+    roc_ax, pr_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for name, (y, p) in data:
+        fpr, tpr, _ = roc_curve(y, p)
+        roc_ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, p):.3f})")
+        prec, rec, _ = precision_recall_curve(y, p)
+        pr_ax.plot(rec, prec, label=f"{name} (AP {average_precision_score(y, p):.3f})")
+    prevalence = float(np.mean(data[0][1][0]))
+    roc_ax.plot([0, 1], [0, 1], ":", color="0.6", label="chance")
+    pr_ax.axhline(prevalence, linestyle=":", color="0.6", label=f"chance (prevalence {prevalence:.2f})")
+    roc_ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity", title="ROC (validation)")
+    pr_ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall (validation)",
+              ylim=(0, 1.02))
+    for ax in (roc_ax, pr_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left" if ax is pr_ax else "lower right")
+    return _figure_png(fig)
+
+
 def fits_table(fits) -> str:
     lines = [[f["series"], ", ".join(f"{n}: {s:.2f}x" for n, s in f["points"]), f"{f['f']:.4f}",
               "unbounded" if f["f"] == 0 else f"{1 / f['f']:.1f}x"] for f in fits]
@@ -345,6 +458,7 @@ def render_markdown(rows, fits, sources, baseline=None, reference=True) -> str:
     if reference:
         parts += ["", f"`ref.` columns: the {ref.SOURCE} where kind, strategy, device type and workers match; "
                       f"{ref.CAVEAT}"]
+    parts += clinical_section(rows, reference)
     parts += ["", "## Details", "", details_table(rows), "", "## Amdahl's law", ""]
     if fits:
         parts += ["S(n) = 1 / (f + (1 - f) / n) fitted per series (least squares, f in [0, 1]), for series whose "
@@ -353,6 +467,8 @@ def render_markdown(rows, fits, sources, baseline=None, reference=True) -> str:
         parts += ["No series to fit: it needs a parallel run and a serial baseline on the same device type."]
     parts += ["", "## Plots", "", "![speedup](speedup.png)", "", "![training time](time.png)", "",
               "![accuracy](accuracy.png)", ""]
+    if any(_curve_data(r) is not None for r in rows if r["kind"] == "classifier"):
+        parts += ["![ROC and precision-recall curves](curves.png)", ""]
     return "\n".join(parts)
 
 
@@ -499,6 +615,7 @@ def write_report(records, out_dir, sources=(), baseline=None, reference=True) ->
         "speedup.png": plot_speedup(rows, fits, reference),
         "time.png": plot_time(rows, reference),
         "accuracy.png": plot_accuracy(rows, reference),
+        **({"curves.png": curves} if (curves := plot_curves(rows)) is not None else {}),
         "report.csv": _csv_text(rows, reference).encode(),
         "report.md": markdown.encode(),  # last: its presence means the plots it links to exist
     }

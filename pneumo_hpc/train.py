@@ -29,7 +29,7 @@ from pneumo_hpc.checkpoint import Checkpointer
 from pneumo_hpc.config import TrainConfig
 from pneumo_hpc.dataset import load_split
 from pneumo_hpc.host_memory import keep_freed_memory
-from pneumo_hpc.metrics import classification_metrics
+from pneumo_hpc.metrics import REPORTED_KEYS, classification_metrics, save_val_predictions
 from pneumo_hpc.models import build_model
 from pneumo_hpc.parallel import Plan
 from pneumo_hpc.prefetch import Prefetch, idle_priority_available
@@ -86,7 +86,8 @@ def _gather(array: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate_split(model, split, plan: Plan, batch: int = 256) -> dict:
+def evaluate_split(model, split, plan: Plan, batch: int = 256, target_sensitivity: float | None = None,
+                   keep: dict | None = None) -> dict:
     """Scores the whole split on every world size: each rank scores a contiguous shard (padded to equal batch
     counts, since FSDP forwards are collectives), then the probabilities are gathered and the padding dropped."""
     model.eval()
@@ -104,7 +105,9 @@ def evaluate_split(model, split, plan: Plan, batch: int = 256) -> dict:
     prob = np.concatenate(probs)[:real] if probs else np.zeros(0, np.float32)
     prob = _gather(prob)
     model.train()
-    return classification_metrics(split.labels, prob)
+    if keep is not None:
+        keep["prob"] = prob  # the validation probabilities, for ROC/PR curves (val_predictions.npz)
+    return classification_metrics(split.labels, prob, target_sensitivity=target_sensitivity)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -182,6 +185,7 @@ def _train(cfg: TrainConfig, ctx) -> dict:
     def snapshot():
         return {**meta_common, **{k: state[k] for k in state}}
 
+    val_prob = {}
     for epoch in range(state["epoch"], o.epochs):
         sampler.set_epoch(epoch)
         order_np = np.fromiter(iter(sampler), dtype=np.int64)
@@ -237,7 +241,7 @@ def _train(cfg: TrainConfig, ctx) -> dict:
         state["train_time_s"] += dt
         state["epoch_time_s"] += dt
         train_loss = state["loss_sum"] / max(1, state["loss_n"])
-        val = evaluate_split(model, val_set, plan)
+        val = evaluate_split(model, val_set, plan, target_sensitivity=cfg.run.target_sensitivity, keep=val_prob)
         record = {"epoch": epoch + 1, "train_loss": float(train_loss), "epoch_time_s": round(state["epoch_time_s"], 4),
                   "samples_per_s": round(steps * o.batch_size / state["epoch_time_s"], 2), **val}
         state["history"].append(record)
@@ -263,12 +267,14 @@ def _train(cfg: TrainConfig, ctx) -> dict:
         "epochs": o.epochs, "batch_size": o.batch_size, "local_batch_size": b, "lr": o.lr,
         "train_time_s": round(state["train_time_s"], 4), "wall_time_s": round(time.perf_counter() - t_wall, 4),
         "samples_per_s": round(samples / state["train_time_s"], 2),
-        **{k: final[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "val_loss", "threshold")},
+        **{k: final[k] for k in REPORTED_KEYS if k in final},
         "n_train": len(train_set), "n_val": len(val_set), "size": train_set.size, "seed": cfg.run.seed,
         "data": str(Path(cfg.data.path).resolve()), "run_dir": str(run_dir.resolve()), "config": cfg.run.label,
         "history": state["history"], "version": __version__,
     }
     if ctx.is_main:
+        if "prob" in val_prob:  # the last epoch's validation scores: the report's ROC and PR curves
+            save_val_predictions(run_dir / "val_predictions.npz", val_set.labels, val_prob["prob"])
         write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1), durable=True)
         results = cfg.run.results or run_dir.parent / "results.jsonl"
         append_result(results, {k: v for k, v in metrics.items() if k != "history"})

@@ -233,7 +233,9 @@ def test_predict_then_score(det_run, dicoms, rsna_dir, offline_env, tmp_path):
     assert max(x + w for boxes in submitted.values() for _, x, _, w, _ in boxes) > 64
     assert all(0 <= x and x + w <= 1024.5 for boxes in submitted.values() for _, x, _, w, _ in boxes)
     png = cv2.imread(str(tmp_path / "png" / f"{good[0]}.png"))
-    assert png.shape == (1024, 1024, 3) and sorted(p.stem for p in (tmp_path / "png").glob("*.png")) == sorted(good)
+    assert png.shape == (1024, 1024, 3)
+    assert sorted(p.stem for p in (tmp_path / "png").glob("*.png")) == sorted(good + ["contact_sheet"])
+    assert summary["contact_sheet"] == str(tmp_path / "png" / "contact_sheet.png")
 
     score = run(cli("detect", "score", "--labels", rsna_dir / "stage_2_train_labels.csv", "--submission", preds))
     result = json.loads(score.stdout)

@@ -81,12 +81,19 @@ def score(labels, submission, only_submitted):
 @click.option("--cls-threshold", type=float,
               help="Gating threshold on the classifier's probability [its metrics.json threshold, else 0.5].")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Submission CSV to write.")
-@click.option("--overlays", type=click.Path(path_type=Path), help="Directory for PNGs with the boxes drawn.")
+@click.option("--overlays", type=click.Path(path_type=Path),
+              help="Directory for PNGs with the boxes drawn and a legend, and contact_sheet.png (~16 of them).")
+@click.option("--labels", type=click.Path(path_type=Path),
+              help="stage_2_train_labels.csv: draw the labelled boxes (green) beside the predicted ones (red).")
+@click.option("--cam", is_flag=True, help="With --classifier and --overlays: the classifier's Grad-CAM beside each.")
+@click.option("--patients", type=click.Path(path_type=Path),
+              help="Only these patients: a CSV with a patientId column, e.g. PREP/classifier/val.csv.")
 @click.option("--conf", type=float, default=0.25, show_default=True, help="Detector confidence threshold.")
 @click.option("--device", default="auto", show_default=True, help="auto|cpu|0 (a CUDA index).")
 @click.option("--batch", type=int, default=16, show_default=True)
 @click.option("--imgsz", type=int, help="Detector input size [the size it was trained at].")
-def predict(inputs, detector, classifier, cls_threshold, out, overlays, conf, device, batch, imgsz):
+def predict(inputs, detector, classifier, cls_threshold, out, overlays, labels, cam, patients, conf, device, batch,
+            imgsz):
     """Kaggle-format predictions (patientId,PredictionString) for DICOM files or directories of them.
 
     Unreadable files are reported on stderr and skipped; a JSON summary goes to stdout.
@@ -96,7 +103,7 @@ def predict(inputs, detector, classifier, cls_threshold, out, overlays, conf, de
 
     cfg = PredictConfig(inputs=list(inputs), out=out, detector=detector, classifier=classifier, conf=conf,
                         cls_threshold=cls_threshold, overlays=overlays, device=device, batch=batch,
-                        imgsz=imgsz)
+                        imgsz=imgsz, labels=labels, cam=cam, patients=patients)
     try:
         summary = run_predict(cfg)
     except (DetectError, FileNotFoundError) as exc:

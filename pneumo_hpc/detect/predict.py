@@ -11,6 +11,11 @@
   found. Gating removes false positives on normal images, which the RSNA metric punishes (an image without ground
   truth and any box scores 0).
 - --detector is required: boxes come only from it.
+- --overlays DIR: one PNG per image (predicted boxes in red with their confidence; with --labels, the labelled
+  boxes in green; a legend) and DIR/contact_sheet.png, a grid of ~16 of them: true positives, misses, false
+  alarms, negatives (`overlays.py`). --cam (with --classifier) adds the classifier's Grad-CAM beside each image.
+- --patients CSV: only the files whose patientId is in the CSV's patientId column (e.g. PREP/classifier/val.csv:
+  predict the validation patients only, then `detect score --only-submitted`).
 - A file that cannot be read (not DICOM, truncated, unsupported) is reported on stderr with the reason, counted,
   and skipped; the run goes on. The CSV is written atomically at the end.
 """
@@ -37,6 +42,10 @@ class PredictConfig:
     device: str = "auto"
     batch: int = 16
     imgsz: int | None = None  # default: the size the detector was trained at
+    labels: Path | None = None  # stage_2_train_labels.csv: the labelled boxes drawn beside the predicted ones
+    cam: bool = False  # overlays: the classifier's Grad-CAM panel (needs classifier)
+    patients: Path | None = None  # CSV with a patientId column: predict only these patients
+    sheet_size: int = 16  # images on DIR/contact_sheet.png
 
 
 def find_inputs(inputs) -> list[Path]:
@@ -115,27 +124,38 @@ class ClassifierGate:
             x = to_input(torch.from_numpy(small).to(self.torch_device), channels_last=False)
             return predict_proba(self.model, x).reshape(-1).cpu().tolist()
 
+    def cam(self, images) -> list:
+        """The classifier's Grad-CAM map (0..1, at its last convolution's resolution) per image."""
+        import cv2
+        import numpy as np
+        import torch
 
-def draw_overlay(image, boxes, path: Path, note: str = "") -> None:
-    """The image with its boxes and confidences drawn, as PNG."""
-    import cv2
+        from pneumo_hpc.augment import to_input
+        from pneumo_hpc.detect.overlays import grad_cam
 
-    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    scale = max(image.shape) / 1024
-    thick, font = max(1, round(3 * scale)), max(0.4, 1.0 * scale)
-    for conf, x, y, w, h in boxes:
-        p1, p2 = (round(x), round(y)), (round(x + w), round(y + h))
-        cv2.rectangle(canvas, p1, p2, (0, 0, 255), thick)
-        cv2.putText(canvas, f"{conf:.2f}", (p1[0], max(p1[1] - 6, 12)), cv2.FONT_HERSHEY_SIMPLEX, font,
-                    (0, 0, 255), thick)
-    if note:
-        cv2.putText(canvas, note, (10, round(30 * scale) + 10), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 200, 255), thick)
-    ok, buf = cv2.imencode(".png", canvas)
-    if not ok:
-        raise DetectError(f"{path}: PNG encoding failed")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.tobytes())
-    tmp.replace(path)
+        small = np.stack([cv2.resize(im, (self.size, self.size), interpolation=cv2.INTER_AREA) for im in images])
+        x = to_input(torch.from_numpy(small).to(self.torch_device), channels_last=False)
+        return list(grad_cam(self.model, x))
+
+
+def read_patients(path) -> set[str]:
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if "patientId" not in (reader.fieldnames or []):
+                raise DetectError(f"{path}: no patientId column (header {','.join(reader.fieldnames or [])})")
+            return {row["patientId"] for row in reader}
+    except OSError as e:
+        raise DetectError(f"{path}: cannot read ({e.strerror or e})") from e
+
+
+def draw_overlay(image, boxes, path: Path, note: str = "", truth=None) -> None:
+    """The image with its predicted (and, when known, labelled) boxes and a legend, as PNG."""
+    from pneumo_hpc.detect.overlays import render, write_png
+
+    write_png(path, render(image, boxes, truth, note))
 
 
 def predict(cfg: PredictConfig, warn=None) -> dict:
@@ -150,13 +170,32 @@ def predict(cfg: PredictConfig, warn=None) -> dict:
     if not 0 <= cfg.conf <= 1:
         raise DetectError(f"--conf must be within 0..1, got {cfg.conf}")
     files = find_inputs(cfg.inputs)
+    if cfg.patients:
+        wanted = read_patients(cfg.patients)
+        files = [f for f in files if f.stem in wanted]
+        if not files:
+            raise DetectError(f"--patients {cfg.patients}: none of its patients is among the input files")
+    if cfg.cam and not cfg.classifier:
+        raise DetectError("--cam draws the classifier's Grad-CAM: give --classifier RUN too")
+    truth_all = None
+    if cfg.labels:
+        from pneumo_hpc.detect.rsna_metric import SubmissionError, read_labels
+
+        try:
+            truth_all = read_labels(cfg.labels)
+        except SubmissionError as e:
+            raise DetectError(str(e)) from e
     weights, run_imgsz = resolve_detector(cfg.detector)
     device = _pick_device(cfg.device)
     detector = load_model(str(weights))[0]
     imgsz = int(cfg.imgsz or run_imgsz or detector.overrides.get("imgsz") or 416)
     gate = ClassifierGate(cfg.classifier, device, cfg.cls_threshold) if cfg.classifier else None
+    sheet = None
     if cfg.overlays:
+        from pneumo_hpc.detect.overlays import ContactSheet, outcome, render, write_png
+
         Path(cfg.overlays).mkdir(parents=True, exist_ok=True)
+        sheet = ContactSheet(n=cfg.sheet_size)
 
     rows, bad, gated, n_boxes, seen = [], [], 0, 0, {}
     for start in range(0, len(files), cfg.batch):
@@ -180,7 +219,8 @@ def predict(cfg: PredictConfig, warn=None) -> dict:
         small = [cv2.resize(im, (imgsz, imgsz), interpolation=cv2.INTER_AREA) for im in images]
         found = detect_boxes(detector, small, imgsz=imgsz, conf=cfg.conf, device=device, batch=cfg.batch)
         probs = gate.probabilities(images) if gate else [None] * len(images)
-        for pid, image, boxes, prob in zip(ids, images, found, probs):
+        cams = gate.cam(images) if cfg.cam and cfg.overlays else [None] * len(images)
+        for pid, image, boxes, prob, cam in zip(ids, images, found, probs, cams):
             sy, sx = image.shape[0] / imgsz, image.shape[1] / imgsz
             boxes = [(c, x * sx, y * sy, w * sx, h * sy) for c, x, y, w, h in boxes]
             note = ""
@@ -191,11 +231,22 @@ def predict(cfg: PredictConfig, warn=None) -> dict:
             n_boxes += len(boxes)
             rows.append((pid, format_prediction_string(boxes)))
             if cfg.overlays:
-                draw_overlay(image, boxes, Path(cfg.overlays) / f"{pid}.png", note)
+                truth = None if truth_all is None else truth_all.get(pid)
+                cam_note = f"Grad-CAM, classifier p={prob:.2f}" if cam is not None else ""
+                canvas = render(image, boxes, truth, note, cam, cam_note)
+                write_png(Path(cfg.overlays) / f"{pid}.png", canvas)
+                sheet.add(pid, outcome(truth, boxes), canvas)
     if not rows:
         raise DetectError(f"none of the {len(files)} input file(s) could be read (see the messages above)")
     lines = ["patientId,PredictionString"] + [f"{pid},{text}" for pid, text in rows]
     write_text(cfg.out, "\n".join(lines) + "\n")
+    contact = None
+    if sheet is not None:
+        title = (f"{len(rows)} images - green: labelled, red: predicted (conf >= {cfg.conf:g})"
+                 if truth_all is not None else f"{len(rows)} images - red: predicted (conf >= {cfg.conf:g})")
+        contact = sheet.write(Path(cfg.overlays) / "contact_sheet.png", title)
     return {"out": str(cfg.out), "n_files": len(files), "n_predicted": len(rows), "n_bad": len(bad),
             "n_boxes": n_boxes, "n_gated": gated, "bad_files": bad, "weights": str(weights), "imgsz": imgsz,
-            "conf": cfg.conf, "cls_threshold": gate.threshold if gate else None}
+            "conf": cfg.conf, "cls_threshold": gate.threshold if gate else None,
+            "contact_sheet": str(contact) if contact else None,
+            "outcomes": dict(sheet.counts) if sheet is not None else None}
