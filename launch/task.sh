@@ -8,8 +8,8 @@
 # come from the SLURM (or MPI) variables, which pneumo-hpc reads on its own.
 #
 # With PNEUMO_TORCHRUN_NPROC set (LAUNCHER=torchrun) this task is a node's torchrun agent instead: it starts
-# torchrun with c10d rendezvous at PNEUMO_TORCHRUN_ENDPOINT and hands the USR1 of the time limit to the workers
-# itself, because torchrun does not pass USR1 on (and would die of it).
+# torchrun with c10d rendezvous at PNEUMO_TORCHRUN_ENDPOINT and sees that the USR1 of the time limit reaches the
+# workers, because torchrun does not pass USR1 on (and would die of it).
 set -euo pipefail
 
 threads=${SLURM_CPUS_PER_TASK:-1}
@@ -48,7 +48,9 @@ fi
 if [ -z "$nproc" ]; then exec "${cmd[@]}" "$@"; fi
 
 : "${PNEUMO_TORCHRUN_NNODES:?}" "${PNEUMO_TORCHRUN_ENDPOINT:?}" "${SLURM_JOB_ID:?}"
-# a session of its own: a signal SLURM sends to this task's process group reaches only this script
+# SLURM signals every process of the step: the agent must outlive USR1 (ignored, inherited through exec), the
+# workers catch it with their own handler; for a launcher that signals this task only, the trap below forwards it
+trap '' USR1
 setsid "${torchrun[@]}" --nnodes "$PNEUMO_TORCHRUN_NNODES" --nproc-per-node "$nproc" --rdzv-backend c10d \
   --rdzv-endpoint "$PNEUMO_TORCHRUN_ENDPOINT" --rdzv-id "$SLURM_JOB_ID" --max-restarts 0 -m pneumo_hpc "$@" &
 agent=$!

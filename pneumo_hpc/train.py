@@ -28,6 +28,7 @@ from pneumo_hpc.augment import build_augment, sample_seeds, to_input
 from pneumo_hpc.checkpoint import Checkpointer
 from pneumo_hpc.config import TrainConfig
 from pneumo_hpc.dataset import load_split
+from pneumo_hpc.dist import hosts as rank_hosts
 from pneumo_hpc.host_memory import keep_freed_memory
 from pneumo_hpc.metrics import REPORTED_KEYS, classification_metrics, save_val_predictions
 from pneumo_hpc.models import build_model
@@ -255,11 +256,13 @@ def _train(cfg: TrainConfig, ctx) -> dict:
             raise SystemExit(EXIT_REQUEUE)
 
     ckpt.save_model(model, snapshot())
+    hosts = rank_hosts(ctx)
     final = state["history"][-1]
     samples = steps * o.batch_size * o.epochs
     metrics = {
         "kind": "classifier", "model": cfg.model.name, "strategy": plan.strategy, "backend": ctx.backend,
-        "launcher": ctx.launcher, "world_size": plan.world_size, "nodes": _nodes(ctx), "device": plan.device.type,
+        "launcher": ctx.launcher, "world_size": plan.world_size, "nodes": len(set(hosts)), "hosts": hosts,
+        "device": plan.device.type,
         "compute_dtype": plan.precision, "grad_compress": plan.grad_compress if plan.strategy == "ddp" else "none",
         "compile": cfg.parallel.compile, "threads_per_rank": threads, "cpu_bind": ctx.cpu_bind,
         "prefetch": prefetch,
@@ -281,10 +284,6 @@ def _train(cfg: TrainConfig, ctx) -> dict:
         keys = ("strategy", "world_size", "launcher", "train_time_s", "samples_per_s", "accuracy", "roc_auc")
         print(json.dumps({k: metrics[k] for k in keys}), flush=True)
     return metrics
-
-
-def _nodes(ctx) -> int:
-    return max(1, ctx.world_size // max(1, ctx.local_world_size))
 
 
 def _print0(ctx, msg: str) -> None:
