@@ -132,12 +132,12 @@ def test_env_init_on_two_nodes(cluster, launcher, tmp_path):
     assert len({(r["master_addr"], r["master_port"]) for r in found}) == 1
 
 
-TRAININGS = {  # name -> make target, variables, launcher recorded
+TRAININGS = {  # name -> make target, variables, launcher recorded (one thread per rank: 8 ranks share 2 vCPUs here)
     "cpu-ddp": ("sbatch-cpu-ddp", ["CPUS=4"], "slurm"),
-    "ddp": ("sbatch-ddp", ["GPUS=2", "IFNAME=pnc0"], "slurm"),
-    "fsdp": ("sbatch-fsdp", ["GPUS=2"], "slurm"),
-    "ddp-mpirun": ("sbatch-ddp", ["GPUS=2", "LAUNCHER=mpirun", "IFNAME=pnc0"], "mpi"),
-    "ddp-torchrun": ("sbatch-ddp", ["GPUS=2", "LAUNCHER=torchrun"], "torchrun"),
+    "ddp": ("sbatch-ddp", ["GPUS=2", "IFNAME=pnc0", "CPUS_PER_GPU=1"], "slurm"),
+    "fsdp": ("sbatch-fsdp", ["GPUS=2", "CPUS_PER_GPU=1"], "slurm"),
+    "ddp-mpirun": ("sbatch-ddp", ["GPUS=2", "LAUNCHER=mpirun", "IFNAME=pnc0", "CPUS_PER_GPU=1"], "mpi"),
+    "ddp-torchrun": ("sbatch-ddp", ["GPUS=2", "LAUNCHER=torchrun", "CPUS_PER_GPU=1"], "torchrun"),
 }
 
 
@@ -205,7 +205,7 @@ def wait_for(what, predicate, timeout, explain):
 
 def long_run(cluster, prep, runs, *variables, **extra):
     """A 2-node DDP job of twice the reference's epochs, submitted without waiting: (job id, its log)."""
-    out = submit(cluster, "sbatch-ddp", "NODES=2", "GPUS=2", *variables, f"DATA={prep}", f"EPOCHS={2 * EPOCHS}",
+    out = submit(cluster, "sbatch-ddp", "NODES=2", "GPUS=2", "CPUS_PER_GPU=1", *variables, f"DATA={prep}", f"EPOCHS={2 * EPOCHS}",
                  f"BATCH={BATCH}", f"LR={LR}", "PRECISION=fp32", runs=runs, wait=False, **extra).stdout
     job = job_of(out)
     return job, Path(runs) / f"ddp-4-{job}.out"
