@@ -16,6 +16,7 @@ import pytest
 
 from conftest import REPO, VENV_BIN, run
 from prep_fake import make_prep
+from test_dist_launch import _rows as rows
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slow]
 
@@ -26,15 +27,6 @@ TRAIN = ["--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--lr", LR, "--pre
 _spec = importlib.util.spec_from_file_location("render", REPO / "launch" / "render.py")
 render = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(render)
-
-
-def rows(stdout):
-    decoder, out, i = json.JSONDecoder(), [], stdout.find("{")
-    while i != -1:
-        row, end = decoder.raw_decode(stdout, i)
-        out.append(row)
-        i = stdout.find("{", end)
-    return out
 
 
 def user_env(cluster, **extra):
