@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -283,8 +284,6 @@ def _run_mpi_client(tasks: list[dict], cfg: PreprocessConfig) -> tuple[list[dict
     with Client() as client:  # dask_mpi.initialize set the scheduler address in dask.config
         client.wait_for_workers(n_workers, timeout=300)
         log(f"dask-mpi cluster: {n_workers} worker(s) at {client.scheduler.address}")
-        import socket
-
         for address, host in sorted(client.run(socket.gethostname).items()):
             log(f"dask-mpi worker on {host} ({address})")
         return _run_dask(client, tasks, cfg.retries)
