@@ -3,16 +3,16 @@
 1. one process: the kit's trainer (bf16 autocast where the CPU has native bf16, channels_last) vs. a
    reference-style loop (fp32, eager, contiguous, batch 64, same model/data/augmentation). Target >= 3x.
    Also: the kit with glibc's default allocator behaviour (PNEUMO_HPC_HOST_MALLOC=system) vs. the kit as it runs
-   (freed memory kept for the next step, pneumo_hpc/host_memory.py): how much of the ratio that part is.
+   (freed memory kept for the next step, pneumo_hpc/runtime/host_memory.py): how much of the ratio that part is.
 2. DDP: the kit with R gloo ranks (1 thread each) vs. R independent 1-rank runs at the same time, which isolates
    communication cost from core contention. Target >= 0.9. Repeated in alternating pairs (--pairs), median.
    Beside it, the same DDP run with the batch prefetch off (--no-prefetch): what augmenting the next batch in the
-   time a synchronous rank waits is worth (pneumo_hpc/prefetch.py).
+   time a synchronous rank waits is worth (pneumo_hpc/classify/prefetch.py).
 3. Lockstep control: the kit's step (same model, augmentation, optimizer, allocator) in R processes that exchange
    nothing, run free vs. meeting at a barrier after every step. What synchronous training costs on these cores
    before a single gradient byte moves: the ceiling of (2) here.
 4. CPU binding: (2)'s DDP and (3)'s barrier run again with the ranks left unbound (PNEUMO_HPC_CPU_BIND=none),
-   bound / unbound (pneumo_hpc/cpu_bind.py).
+   bound / unbound (pneumo_hpc/runtime/cpu_bind.py).
 
     python benchmarks/cpu_trainer.py [--n 3000] [--ranks 2] [--epochs 2] [--pairs 3] [--no-reference]
 """
@@ -37,7 +37,7 @@ def reference_cnn():
     """small-cnn as the reference study computes it: ReLU before each max-pool (the kit pools first)."""
     import torch.nn.functional as F
 
-    from pneumo_hpc.models import SmallCNN
+    from pneumo_hpc.classify.models import SmallCNN
 
     class ReferenceCNN(SmallCNN):
         def forward(self, x):
@@ -54,8 +54,8 @@ def reference_loop(prep: Path, epochs: int, batch: int = 64) -> float:
     import torch
     import torch.nn.functional as F
 
-    from pneumo_hpc.augment import AlbumentationsAugment, sample_seeds, to_input
-    from pneumo_hpc.dataset import load_split
+    from pneumo_hpc.classify.augment import AlbumentationsAugment, sample_seeds, to_input
+    from pneumo_hpc.data.layout import load_split
 
     torch.set_num_threads(1)
     ReferenceCNN = reference_cnn()
@@ -95,12 +95,12 @@ def lockstep_worker(prep: str, steps: int, batch: int, barrier: bool) -> None:
     import torch.distributed as dist
     import torch.nn.functional as F
 
-    from pneumo_hpc.augment import AlbumentationsAugment, sample_seeds, to_input
-    from pneumo_hpc.cpu_bind import bind
-    from pneumo_hpc.dataset import load_split
-    from pneumo_hpc.host_memory import keep_freed_memory
-    from pneumo_hpc.models import SmallCNN
-    from pneumo_hpc.prefetch import Prefetch
+    from pneumo_hpc.classify.augment import AlbumentationsAugment, sample_seeds, to_input
+    from pneumo_hpc.runtime.cpu_bind import bind
+    from pneumo_hpc.data.layout import load_split
+    from pneumo_hpc.runtime.host_memory import keep_freed_memory
+    from pneumo_hpc.classify.models import SmallCNN
+    from pneumo_hpc.classify.prefetch import Prefetch
 
     bind(int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"]))  # as the kit's ranks are
     torch.set_num_threads(1)
@@ -211,7 +211,7 @@ def main():
                           "ddp_img_s": ddps, "ratios": [round(r, 3) for r in ratios],
                           "ratio": round(statistics.median(ratios), 3), "target": 0.9,
                           "efficiency_vs_1rank": round(ddp / (args.ranks * one), 3)}))
-        # the next batch augmented in an idle-priority thread (pneumo_hpc/prefetch.py) vs inline, DDP both
+        # the next batch augmented in an idle-priority thread (pneumo_hpc/classify/prefetch.py) vs inline, DDP both
         pf = [d / n for d, n in zip(ddps, inlines)]
         print(json.dumps({"bench": f"cpu-prefetch-{args.ranks}", "ddp_inline_img_s": inlines, "ddp_img_s": ddps,
                           "ratios": [round(r, 3) for r in pf], "ratio": round(statistics.median(pf), 3)}), flush=True)
@@ -220,7 +220,7 @@ def main():
         print(json.dumps({"bench": f"cpu-lockstep-{args.ranks}", "free_img_s": round(free, 1),
                           "barrier_every_step_img_s": round(locked, 1), "ratio": round(locked / free, 3),
                           "ddp_ratio_vs_free": round(ddp / free, 3)}), flush=True)
-        # the same two synchronous runs with the ranks left where the scheduler puts them (pneumo_hpc/cpu_bind.py)
+        # the same two synchronous runs with the ranks left where the scheduler puts them (pneumo_hpc/runtime/cpu_bind.py)
         unbound = {"PNEUMO_HPC_CPU_BIND": "none"}
         p = kit(prep, tmp / "ddp-unbound", args.epochs, args.batch * args.ranks, ranks=args.ranks, env_extra=unbound)
         wait(p)

@@ -20,13 +20,13 @@ from pneumo_hpc.offline import ensure_offline
 COMMANDS = {
     "synth": "pneumo_hpc.data.commands:synth",
     "preprocess": "pneumo_hpc.data.commands:preprocess",
-    "train": "pneumo_hpc.commands:train",
-    "evaluate": "pneumo_hpc.commands:evaluate",
-    "selftest": "pneumo_hpc.commands:selftest",
-    "env": "pneumo_hpc.cluster.commands:env",
+    "train": "pneumo_hpc.classify.commands:train",
+    "evaluate": "pneumo_hpc.classify.commands:evaluate",
+    "selftest": "pneumo_hpc.classify.commands:selftest",
+    "env": "pneumo_hpc.runtime.commands:env",
     "detect": "pneumo_hpc.detect.commands:detect",
     "predict": "pneumo_hpc.detect.commands:predict",
-    "report": "pneumo_hpc.report_commands:report",
+    "report": "pneumo_hpc.report.commands:report",
 }
 
 

@@ -12,8 +12,8 @@ from unittest import mock
 
 import pytest
 
-from pneumo_hpc import dist
-from pneumo_hpc.cluster import (LocalEnvironment, MPIEnvironment, SLURMEnvironment, TorchrunEnvironment,
+from pneumo_hpc.runtime import dist
+from pneumo_hpc.runtime.launchers import (LocalEnvironment, MPIEnvironment, SLURMEnvironment, TorchrunEnvironment,
                                 derive_port, detect, first_host)
 
 TORCHRUN = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1",
@@ -152,7 +152,7 @@ def test_port_derivation_per_launcher():
 def test_string_port_is_the_same_in_every_process():
     # hash() is salted per interpreter; ranks must agree without talking
     namespace = "prterun-node1-4242@1"
-    code = f"from pneumo_hpc.cluster import derive_port; print(derive_port({namespace!r}))"
+    code = f"from pneumo_hpc.runtime.launchers import derive_port; print(derive_port({namespace!r}))"
     seen = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
                            capture_output=True, text=True, check=True).stdout.strip() for seed in ("1", "2")}
     assert seen == {str(derive_port(namespace))}
@@ -335,7 +335,7 @@ def test_print0_only_on_rank_0(capsys):
 def test_env_command_human_and_errors():
     from click.testing import CliRunner
 
-    from pneumo_hpc.cluster.commands import env
+    from pneumo_hpc.runtime.commands import env
 
     with mock.patch.dict(os.environ, BASE, clear=True):
         result = CliRunner().invoke(env, [])
@@ -346,7 +346,7 @@ def test_env_command_human_and_errors():
 
 
 def test_cli_modules_stay_light():
-    code = ("import sys, pneumo_hpc.cluster.commands, pneumo_hpc.cluster, pneumo_hpc.dist; "
+    code = ("import sys, pneumo_hpc.runtime.commands, pneumo_hpc.runtime.launchers, pneumo_hpc.runtime.dist; "
             "print(sorted(m for m in ('torch', 'mpi4py', 'hostlist') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -1,4 +1,4 @@
-"""CPU ranks get their own cores unless a launcher bound them (pneumo_hpc/cpu_bind.py), with real launchers."""
+"""CPU ranks get their own cores unless a launcher bound them (pneumo_hpc/runtime/cpu_bind.py), with real launchers."""
 import json
 import os
 import subprocess
@@ -8,7 +8,7 @@ import pytest
 from conftest import run, tool_env
 from test_dist_launch import ENV_INIT, _rows
 
-from pneumo_hpc.cpu_bind import share
+from pneumo_hpc.runtime.cpu_bind import share
 
 # Linux numbers hyperthreads core-major: CPUs 0-3 are the first thread of cores 0-3, CPUs 4-7 their siblings
 SMT = {cpu: (0, cpu % 4) for cpu in range(8)}.__getitem__
@@ -29,7 +29,7 @@ def test_share_stays_inside_the_allowed_set():
     assert [share(allowed, r, 2, SMT) for r in range(2)] == [[2, 6], [3, 7]]
 
 
-BIND = "import json, sys; from pneumo_hpc.cpu_bind import bind; print(json.dumps(bind(int(sys.argv[1]), 2)))"
+BIND = "import json, sys; from pneumo_hpc.runtime.cpu_bind import bind; print(json.dumps(bind(int(sys.argv[1]), 2)))"
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to narrow one process to one")
@@ -73,7 +73,7 @@ def test_threads_per_rank_follow_the_cpus_it_may_use(monkeypatch, how, own, mach
 
     import torch
 
-    from pneumo_hpc import train
+    from pneumo_hpc.classify import train
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(own)))

@@ -198,7 +198,7 @@ def classifier_run(tmp_path_factory):
     """A classifier run directory as `pneumo-hpc train` leaves it (untrained weights: only gating is tested)."""
     import torch
 
-    from pneumo_hpc.models import build_model
+    from pneumo_hpc.classify.models import build_model
 
     run_dir = tmp_path_factory.mktemp("cls")
     (run_dir / "checkpoint").mkdir()

@@ -57,7 +57,7 @@ def test_mpirun_two_ranks(mpirun, tmp_path):
 
 MPI4PY_PATHS = """
 import json, os
-from pneumo_hpc.cluster import MPIEnvironment
+from pneumo_hpc.runtime.launchers import MPIEnvironment
 ompi = {k: v for k, v in os.environ.items() if k.startswith("OMPI_COMM_WORLD")}
 as_if_two_nodes = MPIEnvironment({**ompi, "OMPI_COMM_WORLD_LOCAL_SIZE": "1", "OMPI_COMM_WORLD_LOCAL_RANK": "0"})
 pmix_only = MPIEnvironment({k: os.environ[k] for k in ("PMIX_RANK", "PMIX_NAMESPACE")})
@@ -125,7 +125,7 @@ def test_sbatch_shell_is_one_process_and_mpirun_inside_wins(slurm, mpirun, tmp_p
 PEER = """
 import os, sys, time
 import torch, torch.distributed as tdist
-from pneumo_hpc import dist
+from pneumo_hpc.runtime import dist
 t0 = None
 try:
     ctx = dist.setup()  # timeout from PNEUMO_DIST_TIMEOUT

@@ -12,7 +12,7 @@ import pytest
 PROBE = r"""
 import json, resource, statistics
 import torch
-from pneumo_hpc.host_memory import keep_freed_memory
+from pneumo_hpc.runtime.host_memory import keep_freed_memory
 state = keep_freed_memory()
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -42,7 +42,7 @@ def test_freed_memory_is_reused_without_page_faults():
 @pytest.mark.parametrize("env", [{"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1048576"},
                                  {"MALLOC_ARENA_MAX_": "2"}, {"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}])
 def test_a_user_tuned_allocator_is_left_alone(env):
-    from pneumo_hpc.host_memory import _user_tuned
+    from pneumo_hpc.runtime.host_memory import _user_tuned
 
     assert _user_tuned(env)
     assert not _user_tuned({"PATH": "/usr/bin", "LD_PRELOAD": ""})

@@ -3,7 +3,7 @@ import socket
 
 import pytest
 
-from pneumo_hpc.cluster import interface
+from pneumo_hpc.runtime import interface
 
 PRESENT = ["eth0", "ib0", "lo"]
 

@@ -3,7 +3,7 @@ baseline, and the operating threshold chosen for a target sensitivity."""
 import numpy as np
 import pytest
 
-from pneumo_hpc.metrics import REPORTED_KEYS, classification_metrics, operating_threshold, save_val_predictions
+from pneumo_hpc.classify.metrics import REPORTED_KEYS, classification_metrics, operating_threshold, save_val_predictions
 
 Y = np.array([0, 0, 1, 1, 1, 1])
 P = np.array([0.1, 0.6, 0.2, 0.4, 0.7, 0.9])
@@ -68,8 +68,8 @@ def test_val_predictions_file(tmp_path):
 
 
 def test_report_reads_clinical_keys_and_draws_curves(tmp_path):
-    from pneumo_hpc.metrics import classification_metrics as cm
-    from pneumo_hpc.report import write_report
+    from pneumo_hpc.classify.metrics import classification_metrics as cm
+    from pneumo_hpc.report.build import write_report
 
     records = []
     for strategy, world in (("serial", 1), ("ddp", 2)):

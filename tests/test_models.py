@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pneumo_hpc.augment import AlbumentationsAugment, TensorAugment, sample_seeds
-from pneumo_hpc.models import SmallCNN, build_model
+from pneumo_hpc.classify.augment import AlbumentationsAugment, TensorAugment, sample_seeds
+from pneumo_hpc.classify.models import SmallCNN, build_model
 
 
 def test_small_cnn_is_the_reference_architecture():
@@ -46,7 +46,7 @@ def test_small_cnn_computes_the_reference_function_and_gradients():
 def test_bf16_cpu_batch_24_does_not_crash():
     """oneDNN's AMX bf16 GEMM raised SIGFPE for a 24 x 65536 x 128 product: the model must sidestep it, under
     autocast and with bf16 weights alike."""
-    code = ("import torch; from pneumo_hpc.models import SmallCNN; m = SmallCNN(128)\n"
+    code = ("import torch; from pneumo_hpc.classify.models import SmallCNN; m = SmallCNN(128)\n"
             "with torch.autocast('cpu', dtype=torch.bfloat16):\n"
             "    y = m(torch.randn(24, 1, 128, 128))\n"
             "y.float().sum().backward()\n"
@@ -99,7 +99,7 @@ def test_device_side_seeds_augment_exactly_as_host_seeds():
 def test_plan_rejects_a_global_batch_that_does_not_divide():
     from types import SimpleNamespace
 
-    from pneumo_hpc.parallel import Plan
+    from pneumo_hpc.classify.parallel import Plan
 
     ctx = SimpleNamespace(world_size=3, rank=0, launcher="slurm", device=torch.device("cpu"))
     with pytest.raises(ValueError, match="multiple of 3"):
@@ -114,7 +114,7 @@ def test_fsdp_cpu_first_convolution_answers_channels_last_without_a_copy():
     """Under FSDP2 the parameters stay NCHW; a 1-channel channels_last batch keeps NCHW strides, so the first
     convolution answered NCHW and its largest output was copied every step. Re-strided, it computes channels_last:
     same values, no copy."""
-    from pneumo_hpc.parallel import _channels_last_input
+    from pneumo_hpc.classify.parallel import _channels_last_input
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(1, 8, 3, padding=1)

@@ -94,7 +94,7 @@ def test_contact_sheet_shares_and_fills(tmp_path):
 def test_grad_cam_shapes_and_range(name):
     import torch
 
-    from pneumo_hpc.models import build_model
+    from pneumo_hpc.classify.models import build_model
 
     torch.manual_seed(0)
     model = build_model(name, size=32).eval()

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from pneumo_hpc.prefetch import Prefetch, idle_priority_available
+from pneumo_hpc.classify.prefetch import Prefetch, idle_priority_available
 
 pytestmark = pytest.mark.skipif(not idle_priority_available(), reason="SCHED_IDLE is Linux-only")
 

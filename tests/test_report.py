@@ -7,9 +7,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pneumo_hpc import reference
+from pneumo_hpc.report import reference
 from pneumo_hpc.cli import main
-from pneumo_hpc.report import (CSV_COLUMNS, REF_CSV_COLUMNS, ReportError, amdahl_fit, amdahl_speedup,
+from pneumo_hpc.report.build import (CSV_COLUMNS, REF_CSV_COLUMNS, ReportError, amdahl_fit, amdahl_speedup,
                                build_table, configuration_label)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -133,7 +133,7 @@ def test_repeats_are_averaged_and_duplicates_dropped(tmp_path):
     (run_dir / "metrics.json").write_text(json.dumps({k: v for k, v in a.items() if k != "run_dir"}))
     jsonl = tmp_path / "r.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in (clf(), a, b)))
-    from pneumo_hpc.results import load_results
+    from pneumo_hpc.report.record import load_results
     rows, _ = build_table(load_results([jsonl, run_dir]))  # ddp-a read twice: once counted
     ddp = by_config(rows)["2-CPU DDP"]
     assert ddp["runs"] == 2

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import pneumo_hpc
-from pneumo_hpc.results import (ResultsError, SOURCE_KEY, append_result, git_revision,
+from pneumo_hpc.report.record import (ResultsError, SOURCE_KEY, append_result, git_revision,
                                 load_results, parse_visible_devices)
 
 PROCS, LINES, PAYLOAD = 4, 50, 20_000  # lines far above PIPE_BUF (4 KiB), so only the lock keeps them whole
@@ -82,7 +82,7 @@ def test_append_after_torn_line_starts_a_new_line(tmp_path):
 
 
 def test_hardware_hidden_gpus_and_no_torch_import(tmp_path):
-    code = ("import sys, json; from pneumo_hpc.results import hardware_info; hw = hardware_info(); "
+    code = ("import sys, json; from pneumo_hpc.report.record import hardware_info; hw = hardware_info(); "
             "print(json.dumps([hw, 'torch' in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
                          env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin", "SLURM_JOB_NUM_NODES": "4"})
@@ -103,7 +103,7 @@ def test_parse_visible_devices(value, expected):
 def test_hardware_info_never_initializes_cuda():
     # The trainer calls this beside a live process group; a CUDA context created here would cost GPU memory
     # and poison later forks. Only meaningful where a GPU exists, but cheap everywhere.
-    code = ("import torch, json; from pneumo_hpc.results import hardware_info; hw = hardware_info(); "
+    code = ("import torch, json; from pneumo_hpc.report.record import hardware_info; hw = hardware_info(); "
             "print(json.dumps([hw['gpu_count'], torch.cuda.device_count(), torch.cuda.is_initialized()]))")
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,

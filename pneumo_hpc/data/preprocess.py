@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo_hpc.cluster.interface import check as check_interface
+from pneumo_hpc.runtime.interface import check as check_interface
 from pneumo_hpc.atomic import write_bytes, write_csv, write_text, write_with
 from pneumo_hpc.data import rsna, yolo
 

@@ -98,7 +98,7 @@ class ClassifierGate:
     """Probability of pneumonia from a classifier run (`pneumo-hpc train --out RUN`)."""
 
     def __init__(self, run_dir: Path, device: str, threshold: float | None):
-        from pneumo_hpc.commands import load_classifier
+        from pneumo_hpc.classify.commands import load_classifier
 
         self.torch_device = "cpu" if device == "cpu" else f"cuda:{device.split(',')[0]}"
         self.model, self.meta = load_classifier(Path(run_dir), device=self.torch_device)
@@ -115,8 +115,8 @@ class ClassifierGate:
         import numpy as np
         import torch
 
-        from pneumo_hpc.augment import to_input
-        from pneumo_hpc.models import predict_proba
+        from pneumo_hpc.classify.augment import to_input
+        from pneumo_hpc.classify.models import predict_proba
 
         # the classifier's preprocessing: full decode + INTER_AREA to its size, then its fixed normalisation
         small = np.stack([cv2.resize(im, (self.size, self.size), interpolation=cv2.INTER_AREA) for im in images])
@@ -130,7 +130,7 @@ class ClassifierGate:
         import numpy as np
         import torch
 
-        from pneumo_hpc.augment import to_input
+        from pneumo_hpc.classify.augment import to_input
         from pneumo_hpc.detect.overlays import grad_cam
 
         small = np.stack([cv2.resize(im, (self.size, self.size), interpolation=cv2.INTER_AREA) for im in images])

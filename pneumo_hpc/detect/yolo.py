@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pneumo_hpc.atomic import write_text
 from pneumo_hpc.detect import DetectError
-from pneumo_hpc.results import append_result
+from pneumo_hpc.report.record import append_result
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 # What launchers export for their ranks; ultralytics reads these at import to decide whether it is a DDP worker.
@@ -137,7 +137,7 @@ def read_yolo_labels(label_path: Path, width: int, height: int) -> list[tuple]:
 
 def single_process_env(environ=None) -> None:
     """Refuse multi-task launches; clear a single task's rank variables before ultralytics reads them."""
-    from pneumo_hpc.cluster import detect as detect_launcher
+    from pneumo_hpc.runtime.launchers import detect as detect_launcher
 
     environ = os.environ if environ is None else environ
     launcher = detect_launcher(environ)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from pneumo_hpc.cluster.base import ClusterEnvironment
+from pneumo_hpc.runtime.launchers.base import ClusterEnvironment
 
 
 class TorchrunEnvironment(ClusterEnvironment):

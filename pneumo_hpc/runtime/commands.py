@@ -16,7 +16,7 @@ def _allreduce_check(backend, device, timeout):
     import torch
     import torch.distributed as tdist
 
-    from pneumo_hpc import dist
+    from pneumo_hpc.runtime import dist
 
     ctx = dist.setup(backend=backend, device=device, timeout_s=timeout, init_single=True)
     info = ctx.as_dict()
@@ -49,7 +49,7 @@ def _table(info):
               help="Seconds a collective may wait before failing [default: $PNEUMO_DIST_TIMEOUT or 300].")
 def env(as_json, backend, device, do_init, timeout):
     """Show the launcher (torchrun, mpi, slurm, local), ranks, rendezvous address, backend and device."""
-    from pneumo_hpc import dist
+    from pneumo_hpc.runtime import dist
 
     try:
         info = _allreduce_check(backend, device, timeout) if do_init else dist.describe(backend, device)

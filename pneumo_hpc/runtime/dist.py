@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Mapping
 
-from pneumo_hpc.cluster import ClusterEnvironment, detect
-from pneumo_hpc.cluster import interface
-from pneumo_hpc.cpu_bind import apply as apply_cpus
-from pneumo_hpc.cpu_bind import plan as plan_cpus
+from pneumo_hpc.runtime.launchers import ClusterEnvironment, detect
+from pneumo_hpc.runtime import interface
+from pneumo_hpc.runtime.cpu_bind import apply as apply_cpus
+from pneumo_hpc.runtime.cpu_bind import plan as plan_cpus
 
 if TYPE_CHECKING:
     import torch

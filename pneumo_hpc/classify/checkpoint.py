@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from pneumo_hpc.atomic import write_text, write_with
-from pneumo_hpc.parallel import unwrap
+from pneumo_hpc.classify.parallel import unwrap
 
 
 def atomic_torch_save(obj, path: Path) -> None:

@@ -1,6 +1,6 @@
 """Run records: one JSON line per finished run, appended safely by many jobs into one results file.
 
-    from pneumo_hpc.results import append_result, load_results
+    from pneumo_hpc.report.record import append_result, load_results
     append_result("runs/results.jsonl", {"kind": "classifier", "strategy": "ddp", "world_size": 2, ...})
     records = load_results(["runs/results.jsonl", "runs/serial"])   # JSONL files, metrics.json files, run dirs
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pneumo_hpc.config import AUGMENTS, BACKENDS, GRAD_COMPRESS, MODELS, PRECISIONS, STRATEGIES
+from pneumo_hpc.classify.config import AUGMENTS, BACKENDS, GRAD_COMPRESS, MODELS, PRECISIONS, STRATEGIES
 
 
 def _fail(exc: Exception):
@@ -52,8 +52,8 @@ def train(data, model, weights, epochs, batch_size, lr, weight_decay, strategy, 
           augment, prefetch, compile_, channels_last, seed, out, resume, results, label, timeout_s, stop_after_steps,
           target_sensitivity):
     """Train the pneumonia classifier (serial, DDP or FSDP; any launcher)."""
-    from pneumo_hpc.config import DataConfig, ModelConfig, OptimConfig, ParallelConfig, RunConfig, TrainConfig
-    from pneumo_hpc.train import train as run_train
+    from pneumo_hpc.classify.config import DataConfig, ModelConfig, OptimConfig, ParallelConfig, RunConfig, TrainConfig
+    from pneumo_hpc.classify.train import train as run_train
 
     cfg = TrainConfig(
         data=DataConfig(path=data, augment=augment, prefetch=prefetch),
@@ -73,8 +73,8 @@ def train(data, model, weights, epochs, batch_size, lr, weight_decay, strategy, 
 
 def load_classifier(run_dir: Path, device: str = "cpu"):
     """(model in eval mode, meta) from RUN/checkpoint/model.pt."""
-    from pneumo_hpc.checkpoint import load_model_file
-    from pneumo_hpc.models import build_model
+    from pneumo_hpc.classify.checkpoint import load_model_file
+    from pneumo_hpc.classify.models import build_model
 
     state, meta = load_model_file(run_dir)
     model = build_model(meta["model"], size=meta["size"])
@@ -86,9 +86,9 @@ def evaluate_run(run_dir: Path, data: Path, split: str = "val", device: str = "c
                  target_sensitivity: float | None = None) -> dict:
     import torch
 
-    from pneumo_hpc.dataset import load_split
-    from pneumo_hpc.parallel import Plan
-    from pneumo_hpc.train import evaluate_split
+    from pneumo_hpc.data.layout import load_split
+    from pneumo_hpc.classify.parallel import Plan
+    from pneumo_hpc.classify.train import evaluate_split
 
     model, meta = load_classifier(run_dir, device)
     # same arithmetic as training's own validation, so a re-score reproduces metrics.json
@@ -125,10 +125,10 @@ def selftest(keep):
     """A fast end-to-end check: synthetic DICOMs -> preprocess -> 1-epoch training -> evaluate."""
     import tempfile
 
-    from pneumo_hpc.config import DataConfig, OptimConfig, RunConfig, TrainConfig
+    from pneumo_hpc.classify.config import DataConfig, OptimConfig, RunConfig, TrainConfig
     from pneumo_hpc.data.preprocess import PreprocessConfig, run_preprocess
     from pneumo_hpc.data.synth import generate
-    from pneumo_hpc.train import train as run_train
+    from pneumo_hpc.classify.train import train as run_train
 
     with tempfile.TemporaryDirectory(prefix="pneumo-selftest-") as tmp:
         work = Path(keep) if keep else Path(tmp)

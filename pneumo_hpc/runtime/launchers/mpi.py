@@ -11,8 +11,8 @@ import socket
 from functools import cached_property
 from typing import Mapping
 
-from pneumo_hpc.cluster.base import ClusterEnvironment, derive_port
-from pneumo_hpc.cluster.slurm import srun_task
+from pneumo_hpc.runtime.launchers.base import ClusterEnvironment, derive_port
+from pneumo_hpc.runtime.launchers.slurm import srun_task
 
 
 def _mpi4py():

@@ -14,7 +14,7 @@ Rules (also stated in report.md):
   the runs labelled LABEL the baseline of their group instead. No baseline: "-".
 - Amdahl's law S(n) = 1 / (f + (1 - f) / n) is fitted per series (kind, model, data, epochs, strategy, device)
   whose baseline ran on the same device type: f in [0, 1] minimizing the squared speedup error.
-- Reference rows (pneumo_hpc.reference) sit beside ours where kind, strategy, device type and workers match.
+- Reference rows (pneumo_hpc.report.reference) sit beside ours where kind, strategy, device type and workers match.
 """
 import csv
 import io
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo_hpc import reference as ref
+from pneumo_hpc.report import reference as ref
 from pneumo_hpc.atomic import write_bytes
-from pneumo_hpc.results import SOURCE_KEY
+from pneumo_hpc.report.record import SOURCE_KEY
 
 KINDS = ("classifier", "detector")
 MODEL_NAMES = {"small-cnn": "CNN", "resnet18": "ResNet-18"}
@@ -46,7 +46,7 @@ CLINICAL_FIELDS = ("sensitivity", "specificity", "pr_auc", "all_negative_accurac
                    "operating_threshold", "operating_sensitivity", "operating_specificity")
 
 # Published figures on the REAL RSNA Pneumonia Detection Challenge data, shown beside the synthetic demo's
-# (never compared as if the data were the same): the reference study's table lives in pneumo_hpc.reference.
+# (never compared as if the data were the same): the reference study's table lives in pneumo_hpc.report.reference.
 PUBLISHED_RSNA = (
     ("detector", "YOLOv5s at 640 px, RSNA boxes", "mAP50 0.468, mAP50-95 0.149"),
     ("detector", "winning Kaggle RSNA Pneumonia entry (private leaderboard, an ensemble)", "RSNA metric 0.253"),

@@ -22,7 +22,7 @@ GRAD_COMPRESS = ("none", "bf16")
 class DataConfig:
     path: Path
     augment: str = "auto"  # auto: albumentations on the CPU data path, tensor ops on the device for CUDA
-    prefetch: bool = True  # CPU data path: augment the next batch in an idle-priority thread (pneumo_hpc/prefetch.py)
+    prefetch: bool = True  # CPU data path: augment the next batch in an idle-priority thread (pneumo_hpc/classify/prefetch.py)
 
 
 @dataclass

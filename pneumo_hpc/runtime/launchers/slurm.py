@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from pneumo_hpc.cluster.base import ClusterEnvironment, derive_port
+from pneumo_hpc.runtime.launchers.base import ClusterEnvironment, derive_port
 
 NODELIST_VARS = ("SLURM_STEP_NODELIST", "SLURM_NODELIST", "SLURM_JOB_NODELIST")
 

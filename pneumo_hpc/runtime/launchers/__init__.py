@@ -1,6 +1,6 @@
 """Which launcher started this process, as one ordered probe (the classes do not know about each other).
 
-    from pneumo_hpc.cluster import detect
+    from pneumo_hpc.runtime.launchers import detect
     env = detect()            # TorchrunEnvironment | MPIEnvironment | SLURMEnvironment | LocalEnvironment
     env.export()              # RANK, WORLD_SIZE, MASTER_ADDR, ... for init_process_group("env://")
 
@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-from pneumo_hpc.cluster.base import ClusterEnvironment, derive_port
-from pneumo_hpc.cluster.local import LocalEnvironment
-from pneumo_hpc.cluster.mpi import MPIEnvironment
-from pneumo_hpc.cluster.slurm import SLURMEnvironment, first_host
-from pneumo_hpc.cluster.torchrun import TorchrunEnvironment
+from pneumo_hpc.runtime.launchers.base import ClusterEnvironment, derive_port
+from pneumo_hpc.runtime.launchers.local import LocalEnvironment
+from pneumo_hpc.runtime.launchers.mpi import MPIEnvironment
+from pneumo_hpc.runtime.launchers.slurm import SLURMEnvironment, first_host
+from pneumo_hpc.runtime.launchers.torchrun import TorchrunEnvironment
 
 PROBE_ORDER: tuple[type[ClusterEnvironment], ...] = (
     TorchrunEnvironment, MPIEnvironment, SLURMEnvironment, LocalEnvironment)

@@ -5,7 +5,7 @@ import socket
 from functools import cached_property
 from typing import Mapping
 
-from pneumo_hpc.cluster.base import ClusterEnvironment
+from pneumo_hpc.runtime.launchers.base import ClusterEnvironment
 
 
 class LocalEnvironment(ClusterEnvironment):

@@ -24,17 +24,17 @@ import torch.nn.functional as F
 
 from pneumo_hpc import __version__
 from pneumo_hpc.atomic import write_text
-from pneumo_hpc.augment import build_augment, sample_seeds, to_input
-from pneumo_hpc.checkpoint import Checkpointer
-from pneumo_hpc.config import TrainConfig
-from pneumo_hpc.dataset import load_split
-from pneumo_hpc.dist import hosts as rank_hosts
-from pneumo_hpc.host_memory import keep_freed_memory
-from pneumo_hpc.metrics import REPORTED_KEYS, classification_metrics, save_val_predictions
-from pneumo_hpc.models import build_model
-from pneumo_hpc.parallel import Plan
-from pneumo_hpc.prefetch import Prefetch, idle_priority_available
-from pneumo_hpc.results import append_result
+from pneumo_hpc.classify.augment import build_augment, sample_seeds, to_input
+from pneumo_hpc.classify.checkpoint import Checkpointer
+from pneumo_hpc.classify.config import TrainConfig
+from pneumo_hpc.data.layout import load_split
+from pneumo_hpc.runtime.dist import hosts as rank_hosts
+from pneumo_hpc.runtime.host_memory import keep_freed_memory
+from pneumo_hpc.classify.metrics import REPORTED_KEYS, classification_metrics, save_val_predictions
+from pneumo_hpc.classify.models import build_model
+from pneumo_hpc.classify.parallel import Plan
+from pneumo_hpc.classify.prefetch import Prefetch, idle_priority_available
+from pneumo_hpc.report.record import append_result
 
 EXIT_REQUEUE = 99  # "checkpointed on a signal: run me again with --resume" (launch/ requeues on it)
 
@@ -113,7 +113,7 @@ def evaluate_split(model, split, plan: Plan, batch: int = 256, target_sensitivit
 
 def train(cfg: TrainConfig) -> dict:
     """Train a classifier as configured; returns the metrics dict written to RUN/metrics.json (on every rank)."""
-    from pneumo_hpc import dist as pdist
+    from pneumo_hpc.runtime import dist as pdist
 
     cfg.validate()
     p = cfg.parallel
