@@ -8,9 +8,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 N ?= 800
-EPOCHS ?= 10
-BATCH ?= 48
-LR ?= 1e-3
+# EPOCHS, BATCH, LR: the demo trains with the SLURM jobs' defaults (one table; launch.mk includes it too)
+include launch/variables.mk
 NPROC ?= 2
 PYTEST_ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1

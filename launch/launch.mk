@@ -4,66 +4,22 @@
 #   make sbatch-scaling DATA=/scratch/prep DRY_RUN=1               print every script instead of submitting
 #   make sif && make module-install PREFIX=/opt/apps MODULEFILES=/opt/modulefiles SIF=build/pneumo-hpc-gpu.sif
 #
-# Every setting is a `?=` variable: set it on the command line or in the environment. launch/render.py writes
-# the scripts (directives + env-only config + launch/job.sbatch); launch/task.sh is the per-rank entry.
+# Every setting is a `?=` variable (the launch ones in launch/variables.mk): set it on the command line or in the
+# environment. launch/render.py writes the scripts (directives + env-only config + launch/job.sbatch);
+# launch/task.sh is the per-rank entry.
 LAUNCH_DIR := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 KIT_ROOT := $(patsubst %/,%,$(dir $(LAUNCH_DIR)))
 PYTHON ?= python3
 
-# ---- where and how big (GPUS is per node; CPUS is the number of CPU DDP ranks; THREADS cores per CPU rank)
-# LAUNCHER starts the ranks: srun (one task per rank), mpirun (Open MPI inside the allocation) or torchrun (one
-# agent per node, c10d rendezvous on the first node)
-PARTITION ?=
-ACCOUNT ?=
-QOS ?=
-MEM ?=
-TIME ?= 01:00:00
-REPORT_TIME ?= 00:15:00
-NODES ?= 1
-GPUS ?= 2
-CPUS ?= 2
-THREADS ?= 1
-CPUS_PER_GPU ?= 2
-PREP_TASKS ?= 4
-MPI ?= pmix
-LAUNCHER ?= srun
-IFNAME ?=
-SBATCH_ARGS ?=
-# ---- what (EPOCHS, BATCH, LR may already come from the top-level Makefile)
-DATA ?= data/prep
-RSNA ?= data/rsna
-MODEL ?= small-cnn
-EPOCHS ?= 10
-BATCH ?= 32
-LR ?= 1e-3
-PRECISION ?= auto
-GPU_BACKEND ?= auto
-IMG_SIZE ?= 128
-YOLO_SIZE ?= 416
-YOLO_MODEL ?= yolov8n.yaml
-YOLO_BATCH ?= 16
-RUNS_DIR ?= runs
-RESULTS ?=
-SCALING ?= serial cpu-ddp:2 cpu-ddp:4 ddp:2 fsdp:3 yolo:4
-LABEL ?=
-# ---- how it runs: SIF=image.sif runs every step in Apptainer; else PNEUMO_HPC_BIN or pneumo-hpc on PATH
-SIF ?=
-APPTAINER ?= apptainer
-PNEUMO_HPC_BIN ?=
-REQUEUE_EXIT ?= 99
-MAX_REQUEUE ?= 3
-SIGNAL_SECONDS ?= 120
-DRY_RUN ?= 0
-WAIT ?=
+# The launch variables with their defaults (one table, read by render.py too); LAUNCH_VARS: their names, in order
+include $(LAUNCH_DIR)/variables.mk
+LAUNCH_VARS := $(shell sed -n 's/^\([A-Z][A-Z0-9_]*\) ?=.*/\1/p' $(LAUNCH_DIR)/variables.mk)
 
-LAUNCH_VARS := PARTITION ACCOUNT QOS MEM TIME REPORT_TIME NODES GPUS CPUS THREADS CPUS_PER_GPU PREP_TASKS MPI \
-  LAUNCHER IFNAME SBATCH_ARGS DATA RSNA MODEL EPOCHS BATCH LR PRECISION GPU_BACKEND IMG_SIZE YOLO_SIZE YOLO_MODEL YOLO_BATCH \
-  RUNS_DIR RESULTS SCALING LABEL SIF APPTAINER PNEUMO_HPC_BIN REQUEUE_EXIT MAX_REQUEUE SIGNAL_SECONDS DRY_RUN WAIT
 quote = '$(subst ','"'"',$(1))'
 render = $(PYTHON) $(LAUNCH_DIR)/render.py $(1) $(foreach v,$(LAUNCH_VARS),$(call quote,$(v)=$($(v))))
 
 .PHONY: sbatch-serial sbatch-cpu-ddp sbatch-ddp sbatch-fsdp sbatch-yolo sbatch-preprocess sbatch-report \
-  sbatch-scaling sif sif-cpu module-install
+  sbatch-scaling sbatch-doctor sif sif-cpu module-install
 
 sbatch-serial: ## SLURM: serial CNN, one CPU task (DRY_RUN=1 prints the script, WAIT=1 waits for the job)
 	@$(call render,serial)
@@ -81,6 +37,8 @@ sbatch-report: ## SLURM: pneumo-hpc report on RUNS_DIR/results.jsonl
 	@$(call render,report)
 sbatch-scaling: ## SLURM: the whole table (SCALING="serial cpu-ddp:2 ...") then a report job after all of them
 	@$(call render,scaling)
+sbatch-doctor: ## SLURM: pneumo-hpc doctor on DATA, GPUS=N tasks per node x NODES (DOCTOR=1 runs it before any training)
+	@$(call render,doctor)
 
 # ---- Apptainer images (built from the repo root: %files paths are relative to it)
 SIF_DIR ?= build

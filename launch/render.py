@@ -4,11 +4,13 @@
     python3 launch/render.py fsdp GPUS=3 DATA=/scratch/prep RUNS_DIR=/scratch/runs            # print the script
     python3 launch/render.py fsdp GPUS=3 DATA=/scratch/prep DRY_RUN=0 WAIT=1                  # sbatch --wait it
     python3 launch/render.py scaling SCALING="serial cpu-ddp:2 fsdp:3" DATA=... DRY_RUN=0     # table + report job
+    python3 launch/render.py doctor NODES=2 GPUS=4 DATA=/scratch/prep DRY_RUN=0              # check the nodes
 
-`make sbatch-<exp>` (launch/launch.mk) calls this with every launch variable. A rendered script has three parts,
-after MLPerf's run.sub: #SBATCH directives worked out from the experiment table below, an env-only config
-block (`export KEY=VALUE`, nothing else), and launch/job.sbatch verbatim, which fails fast on a missing
-variable and runs launch/task.sh once per rank. Standard library only: it runs on any login node's python3.
+`make sbatch-<exp>` (launch/launch.mk) calls this with every launch variable of launch/variables.mk, the table
+whose defaults this script reads too. A rendered script has three parts, after MLPerf's run.sub: #SBATCH
+directives worked out from the experiment table below, an env-only config block (`export KEY=VALUE`, nothing
+else), and launch/job.sbatch verbatim, which fails fast on a missing variable and runs launch/task.sh once per
+rank. Standard library only: it runs on any login node's python3.
 """
 import os
 import re
@@ -20,17 +22,26 @@ from pathlib import Path
 LAUNCH_DIR = Path(__file__).resolve().parent
 BODY = LAUNCH_DIR / "job.sbatch"
 
-# Every variable the make targets pass, with the defaults used when one is not given (launch.mk has the same).
-DEFAULTS = {
-    "PARTITION": "", "ACCOUNT": "", "QOS": "", "TIME": "01:00:00", "REPORT_TIME": "00:15:00", "MEM": "",
-    "NODES": "1", "GPUS": "2", "CPUS": "2", "THREADS": "1", "CPUS_PER_GPU": "2", "PREP_TASKS": "4",
-    "MPI": "pmix", "LAUNCHER": "srun", "IFNAME": "", "SBATCH_ARGS": "",
-    "DATA": "data/prep", "RSNA": "data/rsna", "MODEL": "small-cnn", "EPOCHS": "10", "BATCH": "32", "LR": "1e-3", "PRECISION": "auto",
-    "GPU_BACKEND": "auto", "IMG_SIZE": "128", "YOLO_SIZE": "416", "YOLO_MODEL": "yolov8n.yaml", "YOLO_BATCH": "16",
-    "RUNS_DIR": "runs", "RESULTS": "", "SIF": "", "APPTAINER": "apptainer", "PNEUMO_HPC_BIN": "",
-    "LAUNCH_DIR": str(LAUNCH_DIR), "REQUEUE_EXIT": "99", "MAX_REQUEUE": "3", "SIGNAL_SECONDS": "120",
-    "SCALING": "serial cpu-ddp:2 cpu-ddp:4 ddp:2 fsdp:3 yolo:4", "LABEL": "", "DRY_RUN": "1", "WAIT": "",
-}
+TABLE = LAUNCH_DIR / "variables.mk"
+PYPROJECT = LAUNCH_DIR.parent / "pyproject.toml"
+_TABLE_LINE = re.compile(r"([A-Z][A-Z0-9_]*) \?=(.*)")
+
+
+def read_table(path=TABLE):
+    """launch/variables.mk -> {NAME: default}, in its order: the one table of launch variables make includes."""
+    table = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        match = _TABLE_LINE.fullmatch(line)
+        value = match.group(2).lstrip() if match else ""
+        if not match or "#" in value or "$" in value or match.group(1) in table:
+            raise LaunchError(f"{path}:{n}: expected one `NAME ?= literal value` per variable (comments on their "
+                              f"own line: make would keep the spaces before them), not {line!r}")
+        table[match.group(1)] = value
+    return table
+
+
 INTS = ("NODES", "GPUS", "CPUS", "THREADS", "CPUS_PER_GPU", "PREP_TASKS", "EPOCHS", "BATCH", "IMG_SIZE",
         "YOLO_SIZE", "YOLO_BATCH", "REQUEUE_EXIT", "MAX_REQUEUE", "SIGNAL_SECONDS")
 PATHS = ("DATA", "RSNA", "RUNS_DIR", "RESULTS", "SIF", "LAUNCH_DIR")
@@ -44,25 +55,31 @@ EXPERIMENTS = {
     "yolo": ("detect", "", "YOLOv8 detector: one task per node holding its GPUs (ultralytics spawns its workers)"),
     "preprocess": ("preprocess", "", "RSNA DICOM -> arrays + YOLO set with dask-mpi (rank 0 scheduler, 1 client)"),
     "report": ("report", "", "scaling table and plots from results.jsonl"),
+    "doctor": ("doctor", "", "pneumo-hpc doctor on every node, one task per GPU (DOCTOR=1: before a training)"),
 }
 # Variables the job body reads, per mode (the config block exports exactly these, empty or not).
 MODE_VARS = {
-    "train": ("DATA", "MODEL", "EPOCHS", "BATCH", "LR", "PRECISION", "STRATEGY", "BACKEND", "LABEL"),
-    "detect": ("DATA", "YOLO_MODEL", "EPOCHS", "YOLO_SIZE", "YOLO_BATCH", "GPUS", "LABEL"),
+    "train": ("DATA", "MODEL", "EPOCHS", "BATCH", "LR", "PRECISION", "STRATEGY", "BACKEND", "LABEL", "DOCTOR"),
+    "detect": ("DATA", "YOLO_MODEL", "EPOCHS", "YOLO_SIZE", "YOLO_BATCH", "GPUS", "LABEL", "DOCTOR"),
     "preprocess": ("RSNA", "DATA", "IMG_SIZE", "YOLO_SIZE"),
     "report": (),
+    "doctor": ("DATA",),
 }
 COMMON_VARS = ("PNEUMO_MODE", "PNEUMO_LABEL", "PNEUMO_GPU", "SRUN_MPI", "RUNS_DIR", "RESULTS", "LAUNCH_DIR",
                "SIF", "APPTAINER", "PNEUMO_HPC_BIN", "LAUNCHER", "IFNAME", "REQUEUE_EXIT", "MAX_REQUEUE")
 
 
 # launcher -> the job modes it can start (torchrun runs the classifier; ultralytics spawns its own workers)
-LAUNCHERS = {"srun": ("train", "detect", "preprocess", "report"), "mpirun": ("train", "preprocess", "report"),
-             "torchrun": ("train", "report")}
+LAUNCHERS = {"srun": ("train", "detect", "preprocess", "report", "doctor"),
+             "mpirun": ("train", "preprocess", "report", "doctor"), "torchrun": ("train", "report", "doctor")}
 
 
 class LaunchError(ValueError):
     pass
+
+
+# Every variable the make targets pass, with the table's defaults; by hand (no make) DRY_RUN=1: print, not submit.
+DEFAULTS = dict(read_table(), LAUNCH_DIR=str(LAUNCH_DIR), DRY_RUN="1")
 
 
 def truthy(value):
@@ -92,6 +109,7 @@ def load_vars(assignments, cwd=None):
         raise LaunchError(f"LAUNCHER={values['LAUNCHER']!r}: use one of {', '.join(LAUNCHERS)}")
     if not values["RESULTS"]:
         values["RESULTS"] = os.path.join(values["RUNS_DIR"], "results.jsonl")
+    values["DOCTOR"] = "1" if truthy(values["DOCTOR"]) else "0"  # job.sbatch compares with 1
     return values
 
 
@@ -115,10 +133,14 @@ def layout(exp, v):
         n = positive(v, "CPUS", "CPU DDP needs at least one task (make sbatch-cpu-ddp CPUS=4)")
         return (f"cpu-ddp-{n}", [("nodes", nodes), ("ntasks", n), ("cpus-per-task", v["THREADS"])],
                 {"BACKEND": "gloo", "LABEL": v["LABEL"] or f"{n}-CPU DDP{model}"})
-    if exp in ("ddp", "fsdp"):
-        g = positive(v, "GPUS", f"GPU {exp} needs GPUS>=1 per node (for CPU runs use make sbatch-cpu-ddp)")
-        return (f"{exp}-{nodes * g}", [("nodes", nodes), ("ntasks-per-node", g), ("gres", f"gpu:{g}"),
-                                       ("cpus-per-task", v["CPUS_PER_GPU"])],
+    if exp in ("ddp", "fsdp", "doctor"):
+        cpu_run = "make sbatch-cpu-ddp" + (" DOCTOR=1" if exp == "doctor" else "")
+        g = positive(v, "GPUS", f"GPU {exp} needs GPUS>=1 per node (for CPU runs use {cpu_run})")
+        resources = [("nodes", nodes), ("ntasks-per-node", g), ("gres", f"gpu:{g}"),
+                     ("cpus-per-task", v["CPUS_PER_GPU"])]
+        if exp == "doctor":
+            return f"doctor-{nodes * g}", resources, {}
+        return (f"{exp}-{nodes * g}", resources,
                 {"BACKEND": v["GPU_BACKEND"], "LABEL": v["LABEL"] or f"{nodes * g}-GPU {exp.upper()}{model}"})
     if exp == "yolo":
         g = positive(v, "GPUS", "the detector needs GPUS>=1")
@@ -151,8 +173,9 @@ def check_batch(label, resources, v):
 
 
 def version():
-    init = LAUNCH_DIR.parent / "pneumo_hpc" / "__init__.py"
-    match = re.search(r'__version__\s*=\s*"([^"]+)"', init.read_text()) if init.is_file() else None
+    """The kit's version, from this checkout's pyproject.toml (the package's metadata comes from it too)."""
+    text = PYPROJECT.read_text() if PYPROJECT.is_file() else ""
+    match = re.search(r'(?ms)^\[project\]\s*$(?:(?!^\[).)*?^version\s*=\s*"([^"]+)"', text)
     return match.group(1) if match else "unknown"
 
 
@@ -195,7 +218,7 @@ def scaling_plan(v):
     plan = []
     for item in v["SCALING"].split():
         exp, _, n = item.partition(":")
-        if exp not in EXPERIMENTS or exp in ("preprocess", "report"):
+        if exp not in EXPERIMENTS or exp in ("preprocess", "report", "doctor"):
             raise LaunchError(f"SCALING item {item!r}: expected serial, cpu-ddp:N, ddp:N, fsdp:N or yolo:N")
         if n and not n.isdigit():
             raise LaunchError(f"SCALING item {item!r}: the count after ':' must be a whole number")
@@ -210,7 +233,7 @@ def scaling_plan(v):
 def check_inputs(exp, v):
     """Before queueing: the inputs the job will read must exist (a missing one would fail only at run time)."""
     mode = EXPERIMENTS[exp][0]
-    needed = {"train": ("DATA",), "detect": ("DATA",), "preprocess": ("RSNA",)}.get(mode, ())
+    needed = {"train": ("DATA",), "detect": ("DATA",), "doctor": ("DATA",), "preprocess": ("RSNA",)}.get(mode, ())
     for key in needed + (("SIF",) if v["SIF"] else ()):
         if not os.path.exists(v[key]):
             raise LaunchError(f"{key}={v[key]} does not exist (set {key}=... on the make command line)")

@@ -3,26 +3,31 @@ and (marker slurm) real jobs submitted through the make targets to the single-no
 
 Regenerate the golden files after an intended change with: UPDATE_GOLDEN=1 pytest tests/test_launch.py
 """
+import importlib.util
 import json
 import os
 import re
 import stat
+import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
 
+import pneumo_hpc
 from conftest import REPO, VENV_BIN, run, tool_env
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+_spec = importlib.util.spec_from_file_location("render", REPO / "launch" / "render.py")
+render_py = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(render_py)
+TABLE = render_py.read_table()  # launch/variables.mk: the defaults make and render.py both use
+VERSION = pneumo_hpc.__version__
 # Everything launch.mk reads: the caller's environment must not leak into renders that are compared to goldens.
-LAUNCH_VARS = ("PARTITION ACCOUNT QOS MEM TIME REPORT_TIME NODES GPUS CPUS THREADS CPUS_PER_GPU PREP_TASKS MPI LAUNCHER IFNAME "
-               "SBATCH_ARGS DATA RSNA MODEL EPOCHS BATCH LR GPU_BACKEND IMG_SIZE YOLO_SIZE YOLO_MODEL YOLO_BATCH "
-               "PRECISION RUNS_DIR RESULTS SCALING LABEL SIF APPTAINER PNEUMO_HPC_BIN REQUEUE_EXIT MAX_REQUEUE SIGNAL_SECONDS "
-               "DRY_RUN WAIT MAKEFLAGS MFLAGS MAKELEVEL MAKEOVERRIDES").split()
-FIXED = ["DATA=/scratch/pneumo/prep", "RSNA=/scratch/pneumo/rsna", "RUNS_DIR=/scratch/pneumo/runs",
-         "EPOCHS=10", "BATCH=48", "LR=1e-3"]
+LAUNCH_VARS = [*render_py.DEFAULTS, "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"]
+FIXED = ["DATA=/scratch/pneumo/prep", "RSNA=/scratch/pneumo/rsna", "RUNS_DIR=/scratch/pneumo/runs"]
 # golden name -> make target and variables; together they cover every target and every optional directive.
 CASES = {
     "sbatch-serial": ["sbatch-serial"],
@@ -37,6 +42,8 @@ CASES = {
                        "ACCOUNT=proj42", "QOS=normal", "MEM=64G", "IFNAME=ib0", "TIME=02:00:00",
                        "MODEL=resnet18"],
     "sbatch-ddp-torchrun": ["sbatch-ddp", "GPUS=2", "NODES=2", "LAUNCHER=torchrun", "PRECISION=fp32"],
+    "sbatch-doctor": ["sbatch-doctor", "NODES=2", "GPUS=4"],
+    "sbatch-fsdp-doctor": ["sbatch-fsdp", "GPUS=3", "DOCTOR=1"],
 }
 
 
@@ -58,7 +65,10 @@ def render(target, *variables):
 
 
 def render_text(name):
-    return render(*CASES[name]).replace(str(REPO), "@REPO@")
+    """The golden form: the checkout's path and the package version as placeholders (a release changes neither)."""
+    text = render(*CASES[name])
+    assert f"# pneumo-hpc {VERSION}: " in text
+    return text.replace(str(REPO), "@REPO@").replace(f"# pneumo-hpc {VERSION}: ", "# pneumo-hpc @VERSION@: ")
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -114,7 +124,7 @@ def test_sif_and_ifname_reach_the_job():
 
 
 def test_relative_paths_become_absolute(tmp_path):
-    text = make("sbatch-serial", "DRY_RUN=1", "DATA=some/prep", "RUNS_DIR=runs-x", "BATCH=48").stdout
+    text = make("sbatch-serial", "DRY_RUN=1", "DATA=some/prep", "RUNS_DIR=runs-x").stdout
     assert f"export DATA={REPO}/some/prep" in text
     assert f"#SBATCH --output={REPO}/runs-x/serial-%j.out" in text
 
@@ -134,6 +144,83 @@ def test_bad_settings_fail_before_anything_is_queued(variables, message):
     proc = make(*variables[:1], "DRY_RUN=1", "DATA=/x", *variables[1:], check=False)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
+
+
+# ---- one table of launch variables (launch/variables.mk) and the version from the package metadata
+
+SHOW_VARS = "show-launch-vars: ; @:$(foreach v,$(LAUNCH_VARS),$(info $(v)=$($(v))))"
+
+
+@pytest.mark.parametrize("makefile", ["Makefile", "launch/launch.mk"])
+def test_render_defaults_are_what_make_sees(makefile):
+    out = make("-f", makefile, f"--eval={SHOW_VARS}", "show-launch-vars").stdout
+    seen = dict(line.split("=", 1) for line in out.splitlines())
+    assert list(seen) == list(TABLE) and "DOCTOR" in seen
+    # render.py's own two: the directory it lives in, and DRY_RUN=1 by hand (make passes its 0: submit)
+    assert render_py.DEFAULTS == dict(seen, LAUNCH_DIR=str(REPO / "launch"), DRY_RUN="1")
+
+
+def test_render_by_hand_gives_what_make_gives():
+    by_hand = run([sys.executable, str(REPO / "launch" / "render.py"), "fsdp", "GPUS=3"], env=clean_env(), cwd=REPO)
+    assert by_hand.stdout == make("sbatch-fsdp", "GPUS=3", "DRY_RUN=1").stdout
+
+
+@pytest.mark.parametrize("line", ["BATCH ?= 48  # make keeps these spaces", "BATCH ?= $(GPUS)0", "BATCH = 48",
+                                  "GPUS ?= 4"])
+def test_table_reader_refuses_lines_make_would_read_differently(tmp_path, line):
+    table = tmp_path / "variables.mk"
+    table.write_text(f"# a comment\nGPUS ?= 2\n{line}\n")
+    with pytest.raises(render_py.LaunchError, match=r"variables.mk:3: expected one `NAME \?= literal value`"):
+        render_py.read_table(table)
+
+
+def test_rendered_version_is_the_package_version():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert render_py.version() == project["version"] == VERSION
+
+
+# ---- DOCTOR=1 and sbatch-doctor: the body run under bash with stand-ins for srun and pneumo-hpc
+
+def doctor_job(tmp_path, target, *variables, doctor_rc=0):
+    """(process, pneumo-hpc calls) of a rendered job: srun runs its command once, pneumo-hpc logs its arguments,
+    its doctor exits doctor_rc and its training writes metrics.json."""
+    bindir, calls = tmp_path / "bin", tmp_path / "calls"
+    bindir.mkdir()
+    stub(bindir / "srun", 'while [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+    stub(bindir / "pneumo-hpc", f'echo "$*" >>{calls}\n'
+         f'if [ "$1" = doctor ]; then exit {doctor_rc}; fi\n'
+         'prev=; for a in "$@"; do if [ "$prev" = --out ]; then out=$a; fi; prev=$a; done\n'
+         'echo "{}" >"$out/metrics.json"\n')
+    script = tmp_path / "job.sbatch"
+    script.write_text(render(target, f"RUNS_DIR={tmp_path}/runs", f"PNEUMO_HPC_BIN={bindir}/pneumo-hpc", *variables))
+    env = clean_env(SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="node1")
+    env["PATH"] = f"{bindir}:{env['PATH']}"
+    proc = run(["bash", str(script)], env=env, check=False)
+    return proc, calls.read_text().splitlines() if calls.exists() else []
+
+
+@pytest.mark.parametrize("doctor", ["0", "1"])
+def test_doctor_runs_first_only_when_asked(tmp_path, doctor):
+    proc, calls = doctor_job(tmp_path, "sbatch-cpu-ddp", "CPUS=2", f"DOCTOR={doctor}")
+    assert proc.returncode == 0, proc.stderr
+    run_dir = tmp_path / "runs" / "cpu-ddp-2-4242"
+    expected = [f"doctor --data /scratch/pneumo/prep --out {run_dir}/doctor"] if doctor == "1" else []
+    assert calls[:-1] == expected and calls[-1].startswith("train --data /scratch/pneumo/prep")
+
+
+def test_a_failing_doctor_stops_the_training_and_names_its_output(tmp_path):
+    proc, calls = doctor_job(tmp_path, "sbatch-yolo", "GPUS=2", "DOCTOR=1", doctor_rc=3)
+    assert proc.returncode == 3 and [c.split()[0] for c in calls] == ["doctor"]
+    assert f"the doctor failed (exit 3): not training; its findings are in {tmp_path}/runs/yolo-2-4242/doctor" \
+        in proc.stderr
+
+
+@pytest.mark.parametrize("doctor_rc", [0, 4])
+def test_sbatch_doctor_is_one_doctor_step(tmp_path, doctor_rc):
+    proc, calls = doctor_job(tmp_path, "sbatch-doctor", "GPUS=2", doctor_rc=doctor_rc)
+    out = tmp_path / "runs" / "doctor-2-4242" / "doctor"
+    assert proc.returncode == doctor_rc and calls == [f"doctor --data /scratch/pneumo/prep --out {out}"]
+    assert (f"its findings are in {out}" in proc.stderr) == bool(doctor_rc)
 
 
 def test_submit_refuses_missing_inputs(tmp_path):
@@ -172,7 +259,7 @@ def test_task_runs_native_install_with_pinned_threads(tmp_path):
     assert out.strip() == "threads=3 mkl=3 args=train --out x y"
     real = run([str(REPO / "launch" / "task.sh"), "--version"],
                env=clean_env(PNEUMO_HPC_BIN=str(VENV_BIN / "pneumo-hpc"))).stdout
-    assert "pneumo-hpc, version 0.1.0" in real
+    assert f"pneumo-hpc, version {VERSION}" in real
 
 
 def test_task_says_how_to_fix_a_missing_install(tmp_path):
@@ -236,6 +323,19 @@ def test_sbatch_cpu_ddp_two_tasks(slurm, prep_dir, tmp_path):
     metrics = json.loads((job_dir(runs, "cpu-ddp-2") / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["strategy"] == "ddp" and metrics["backend"] == "gloo"
     assert [r["config"] for r in results(runs)] == ["2-CPU DDP"]
+
+
+@pytest.mark.slurm
+def test_doctor_first_then_the_training_on_real_slurm(slurm, prep_dir, tmp_path):
+    if run([str(VENV_BIN / "pneumo-hpc"), "doctor", "--help"], check=False).returncode != 0:
+        pytest.skip("this checkout's pneumo-hpc has no doctor command yet")
+    runs = tmp_path / "runs"
+    submit(slurm, "sbatch-cpu-ddp", "CPUS=2", "DOCTOR=1", f"DATA={prep_dir}", "EPOCHS=1", "BATCH=24",
+           f"RUNS_DIR={runs}", "WAIT=1")
+    run_dir = job_dir(runs, "cpu-ddp-2")
+    log = (run_dir / "slurm.out").read_text()
+    assert log.index(f"doctor --data {prep_dir} --out {run_dir}/doctor") < log.index("exit 0 after"), log
+    assert (run_dir / "metrics.json").is_file()
 
 
 @pytest.mark.slurm
