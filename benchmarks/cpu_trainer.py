@@ -193,7 +193,8 @@ def main():
                               "ratio": round(one / system, 2)}), flush=True)
         else:
             print(json.dumps({"bench": "cpu-1rank", "kit_img_s": one}), flush=True)
-        # alternating pairs, median ratio: a VM's speed drifts 10-30 % between runs, so one pair proves little
+        # alternating pairs, median ratio: a shared VM's speed drifts between runs (docs/performance.md), so one
+        # pair proves little
         independents, ddps, inlines = [], [], []
         for pair in range(args.pairs):
             solo = [kit(prep, tmp / f"solo{pair}-{i}", args.epochs, args.batch) for i in range(args.ranks)]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import pneumo_hpc
-from pneumo_hpc.report.record import (ResultsError, SOURCE_KEY, append_result, git_revision,
-                                load_results, parse_visible_devices)
+from pneumo_hpc.report.provenance import git_revision, parse_visible_devices
+from pneumo_hpc.report.record import ResultsError, SOURCE_KEY, append_result, load_results
 
 PROCS, LINES, PAYLOAD = 4, 50, 20_000  # lines far above PIPE_BUF (4 KiB), so only the lock keeps them whole
 
@@ -82,7 +82,7 @@ def test_append_after_torn_line_starts_a_new_line(tmp_path):
 
 
 def test_hardware_hidden_gpus_and_no_torch_import(tmp_path):
-    code = ("import sys, json; from pneumo_hpc.report.record import hardware_info; hw = hardware_info(); "
+    code = ("import sys, json; from pneumo_hpc.report.provenance import hardware_info; hw = hardware_info(); "
             "print(json.dumps([hw, 'torch' in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
                          env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin", "SLURM_JOB_NUM_NODES": "4"})
@@ -103,7 +103,7 @@ def test_parse_visible_devices(value, expected):
 def test_hardware_info_never_initializes_cuda():
     # The trainer calls this beside a live process group; a CUDA context created here would cost GPU memory
     # and poison later forks. Only meaningful where a GPU exists, but cheap everywhere.
-    code = ("import torch, json; from pneumo_hpc.report.record import hardware_info; hw = hardware_info(); "
+    code = ("import torch, json; from pneumo_hpc.report.provenance import hardware_info; hw = hardware_info(); "
             "print(json.dumps([hw['gpu_count'], torch.cuda.device_count(), torch.cuda.is_initialized()]))")
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
@@ -179,3 +179,93 @@ def test_load_results_bad_input_names_file_and_line(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ResultsError, match=r"empty: a directory without metrics\.json"):
         load_results(tmp_path / "empty")
+
+
+# --- the schema: builders, upgrade of older records ----------------------------------------------------------------
+
+from pneumo_hpc.report.record import (BREAKDOWN_KEYS, CLASSIFIER_KEYS, DETECTOR_KEYS, RECORD_VERSION,  # noqa: E402
+                                      classifier_record, detector_record, jsonable, upgrade)
+
+CLF_FIELDS = {"model": "small-cnn", "strategy": "ddp", "world_size": 2, "device": "cpu", "epochs": 2,
+              "train_time_s": 10.0}
+
+
+def breakdown(scale=1.0):
+    return {k: scale * (i + 1) for i, k in enumerate(BREAKDOWN_KEYS)}
+
+
+def test_classifier_record_is_ordered_clean_and_labelled(tmp_path):
+    history = [{"epoch": 1, "train_loss": float("nan"), "time_breakdown": breakdown()}]
+    record = classifier_record(label="2-CPU DDP", history=history, roc_auc=float("inf"), run_dir=tmp_path,
+                               time_breakdown=breakdown(2), accuracy=np.float32(0.5), **CLF_FIELDS)
+    assert record["kind"] == "classifier" and record["record_version"] == RECORD_VERSION == 1
+    assert record["label"] == record["config"] == "2-CPU DDP"
+    assert list(record) == [k for k in CLASSIFIER_KEYS if k in record]  # the schema's order, whatever was passed
+    assert record["roc_auc"] is None and record["history"][0]["train_loss"] is None
+    assert record["accuracy"] == 0.5 and record["run_dir"] == str(tmp_path)
+    assert record["time_breakdown"]["other_s"] == 14.0
+    json.dumps(record, allow_nan=False)
+    assert classifier_record(**CLF_FIELDS)["label"] is None  # no label: both keys present, null
+
+
+def test_builders_refuse_what_the_schema_does_not_name():
+    with pytest.raises(TypeError, match=r"unknown key\(s\) acuracy; a new key goes into"):
+        classifier_record(acuracy=0.5, **CLF_FIELDS)
+    with pytest.raises(TypeError, match="the builder sets kind"):
+        classifier_record(config="x", **CLF_FIELDS)
+    with pytest.raises(TypeError, match="missing world_size, train_time_s"):
+        classifier_record(model="m", strategy="serial", device="cpu", epochs=1)
+    with pytest.raises(ValueError, match=r"time_breakdown: expected the keys data_s, .*got \['data_s'\]"):
+        classifier_record(time_breakdown={"data_s": 1.0}, **CLF_FIELDS)
+    with pytest.raises(ValueError, match=r"history\[1\]\.time_breakdown: comm_s must be seconds >= 0"):
+        classifier_record(history=[{}, {"time_breakdown": {**breakdown(), "comm_s": -1.0}}], **CLF_FIELDS)
+    with pytest.raises(TypeError, match="unknown key"):
+        detector_record(world_size=1, accuracy=0.5, model="yolov8n.yaml", gpus=0, device="cpu", epochs=1,
+                        train_time_s=1.0)
+
+
+def test_every_reported_validation_key_is_in_the_schema():
+    from pneumo_hpc.classify.metrics import REPORTED_KEYS
+
+    assert set(REPORTED_KEYS) <= set(CLASSIFIER_KEYS)
+
+
+def test_detector_record_as_the_trainer_builds_it():
+    record = detector_record(label=None, precision=0.5, recall=0.4, map50=0.3, map50_95=0.1, rsna_map=float("nan"),
+                             rsna_n_images=0, rsna_conf=0.25, train_time_s=2.0, images_per_s=40.0, loop_time_s=None,
+                             loop_images_per_s=None, eval_time_s=0.5, gpus=0, epochs=1, imgsz=64, batch=8,
+                             model="yolov8n.yaml", n_train=80, n_val=20, device="cpu", device_arg="cpu", amp=False,
+                             strategy="serial", world_size=1, nodes=1, seed=0, workers=0, data="d",
+                             data_yaml="d/data.yaml", weights="w.pt", ultralytics_dir="u", run_dir="r")
+    assert record["rsna_map"] is None and record["samples_per_s"] == record["images_per_s"] == 40.0
+    assert record["record_version"] == 1 and record["kind"] == "detector" and record["label"] is None
+    assert list(record) == [k for k in DETECTOR_KEYS if k in record]
+    assert upgrade(record) == {**record}  # a current record needs nothing
+
+
+def test_jsonable_is_the_one_nan_policy(tmp_path):
+    value = {1: (float("nan"), np.float64("inf"), np.arange(2)), "p": tmp_path, "ok": [1.5, None, "s"]}
+    assert jsonable(value) == {"1": [None, None, [0, 1]], "p": str(tmp_path), "ok": [1.5, None, "s"]}
+
+
+def test_version_0_records_are_read_in_the_current_schema(tmp_path):
+    old_clf = {"kind": "classifier", "strategy": "ddp", "world_size": 2, "device": "cuda:1", "config": "mine",
+               "images_per_s": 12.0}
+    old_det = {"kind": "detector", "model": "yolov8n.yaml", "gpus": 4, "batch": 16, "images_per_s": 99.0,
+               "config": "4-GPU YOLO"}
+    in_checkpoint = {"kind": "classifier", "config": {"run": {"label": None}}}  # a checkpoint's config dict
+    no_kind = {"strategy": "serial", "world_size": 1}
+    path = tmp_path / "old.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (old_clf, old_det, in_checkpoint, no_kind)))
+    clf, det, ckpt, bare = load_results(path)
+    assert clf["record_version"] == 0 and clf["label"] == "mine" and clf["samples_per_s"] == 12.0
+    assert clf["device"] == "cuda"
+    assert (det["world_size"], det["strategy"], det["device"], det["batch_size"], det["samples_per_s"],
+            det["label"]) == (4, "ddp", "cuda", 16, 99.0, "4-GPU YOLO")
+    assert "label" not in ckpt or ckpt["label"] is None
+    assert bare["kind"] == "classifier"
+    cpu = upgrade({"kind": "detector", "gpus": 0})
+    assert (cpu["world_size"], cpu["strategy"], cpu["device"]) == (1, "serial", "cpu")
+    assert upgrade({"kind": "detector", "gpus": "many"}).get("world_size") is None  # left for the reader to reject
+    assert upgrade(upgrade(old_det)) == upgrade(old_det)
+    assert "record_version" not in old_det  # the caller's dict is not changed

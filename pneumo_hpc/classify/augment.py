@@ -103,7 +103,8 @@ class AlbumentationsAugment:
     def __call__(self, x_u8: torch.Tensor, seeds: np.ndarray) -> torch.Tensor:
         out = np.empty_like(x_u8.numpy())
         for i, (img, s) in enumerate(zip(x_u8.numpy(), seeds)):
-            # one generator pair shared by all transforms: set_random_seed() would build one per transform (5x slower)
+            # one generator pair shared by all transforms: set_random_seed() would build one per transform, much
+            # slower (docs/performance.md)
             rng = np.random.default_rng(int(s))
             self.py_random.seed(int(s))
             for t in self.parts:

@@ -47,8 +47,8 @@ class ParallelConfig:
     precision: str = "auto"
     compile: bool = False
     channels_last: bool = True
-    # DDP only. bf16 halves the gradient bytes but rounds the gradients: no longer the serial computation
-    # (the demo's 2-rank DDP ended 3.7 points below serial with it, level without). Opt-in for slow networks.
+    # DDP only. bf16 halves the gradient bytes but rounds the gradients: no longer the serial computation, and
+    # the demo's DDP accuracy falls below serial's with it (docs/performance.md). Opt-in for slow networks.
     grad_compress: str = "none"
     timeout_s: int = 300  # bounds every collective: a dead rank makes the others fail, never hang
 

@@ -13,7 +13,8 @@ class CpuFp32Linear(nn.Linear):
     """A Linear whose CPU product is always fp32, whatever dtype its input and (FSDP-gathered) weights arrive in.
 
     oneDNN's AMX bf16 GEMM dies with SIGFPE on some shapes (batch 24 x 65536 x 128, small-cnn's fc1 at 128 px, on
-    torch 2.14.1). Computing the layer in fp32 costs nothing measurable (a bf16 fc1 step was not faster). FSDP
+    torch 2.14.1). Computing the layer in fp32 costs nothing measurable (a bf16 fc1 step was not faster:
+    docs/performance.md). FSDP
     gathers its weights in fp32 on CPUs (`fp32_on_cpu`), so that FSDP computes what serial does.
     """
 
@@ -41,8 +42,8 @@ class SmallCNN(nn.Module):
         self.fc2 = nn.Linear(hidden, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # relu(max_pool(x)) == max_pool(relu(x)) (relu is monotone), on a quarter of the elements: 3x faster
-        # forward+backward on CPUs, where these element-wise passes cost as much as the convolutions
+        # relu(max_pool(x)) == max_pool(relu(x)) (relu is monotone), on a quarter of the elements: it matters on
+        # CPUs, where these element-wise passes cost as much as the convolutions (docs/performance.md)
         x = F.relu(F.max_pool2d(self.conv1(x), 2))
         x = F.relu(F.max_pool2d(self.conv2(x), 2))
         h = F.relu(self.fc1(x.flatten(1)))

@@ -48,8 +48,8 @@ class Plan:
         elif self.channels_last and self.device.type == "cpu":
             # FSDP2 refuses non-contiguous (channels_last) parameters, and a convolution with NCHW weights answers
             # in its input's layout: the batch must be channels_last in its strides, so that every layer after it
-            # is too (CPU max-pools: ~3x slower on NCHW). Not on GPUs, where the anchor measurement (FSDP2, NCHW
-            # parameters) was taken as it is.
+            # is too (CPU max-pools are much slower on NCHW: docs/performance.md). Not on GPUs, whose FSDP2 path, NCHW
+            # parameters included, is the one measured against the anchor.
             model.register_forward_pre_hook(_channels_last_input)
         if self.strategy == "ddp":
             return apply_ddp(model, self.device, compress=self.grad_compress == "bf16")
@@ -64,9 +64,10 @@ class Plan:
 
 def _channels_last_input(module, args):
     # A 1-channel batch made channels_last keeps NCHW strides (the layouts coincide), so with NCHW weights the first
-    # convolution answered NCHW, and making its output channels_last copied it, and its gradient, every step (3
-    # strided copies of small-cnn's 64x32x128x128 conv1 output: 260 ms of a 700 ms FSDP step). The same memory
-    # under channels_last strides makes oneDNN compute channels_last from the first layer on: bit-identical output.
+    # convolution answered NCHW, and making its output channels_last copied it, and its gradient, every step
+    # (strided copies of small-cnn's largest activation, a large share of a CPU FSDP step: docs/performance.md).
+    # The same memory under channels_last strides makes oneDNN compute channels_last from the first layer on:
+    # bit-identical output.
     x = args[0]
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 1 or not x.is_contiguous():
         return None
@@ -112,10 +113,11 @@ def apply_fsdp(model: nn.Module, device: torch.device, world_size: int, bf16: bo
               and sum(p.numel() for p in m.parameters()) >= 1 << 16]
     for block in blocks:
         # a layer that multiplies in fp32 under autocast (small-cnn's fc1 on CPUs) is gathered in fp32 too: bf16
-        # weights would round what serial does not round (the demo's FSDP ended 3.8 points below serial so)
+        # weights would round what serial does not round, and FSDP's accuracy would drift from serial's
+        # (docs/performance.md)
         fp32_block = device.type == "cpu" and getattr(block, "fp32_on_cpu", False)
         # kept gathered from forward to backward: the kit's models are small (8-11M parameters), so this costs tens
-        # of MB and saves the second all-gather of every step (2-rank gloo FSDP: 84 -> 102 img/s)
+        # of MB and saves the second all-gather of every step (docs/performance.md)
         fully_shard(block, mesh=mesh, mp_policy=fp32 if fp32_block else mp, reshard_after_forward=False)
     fully_shard(model, mesh=mesh, mp_policy=mp)
     return model

@@ -1,10 +1,11 @@
 """Prepare the next CPU batch while the current one trains, on CPU time the step would leave idle.
 
 A synchronous rank spends part of every step waiting: for its peers' gradients and for the slowest rank. The next
-batch's augmentation (albumentations, ~5 % of a small-cnn CPU step) fits in that wait. The worker thread runs at
-Linux's SCHED_IDLE priority, so it only gets a CPU the training threads leave idle and never slows a busy step (an
-ordinary thread would time-slice against the rank's compute threads, OpenMP teams stalling behind it); when the
-step needs a batch that is not ready, the step blocks, the CPU goes idle and the worker finishes it at full speed.
+batch's augmentation (albumentations, a small part of a small-cnn CPU step: docs/performance.md) fits in that
+wait. The worker thread runs at Linux's SCHED_IDLE priority, so it only gets a CPU the training threads leave
+idle and never slows a busy step (an ordinary thread would time-slice against the rank's compute threads, OpenMP
+teams stalling behind it); when the step needs a batch that is not ready, the step blocks, the CPU goes idle and
+the worker finishes it at full speed.
 Where SCHED_IDLE does not exist, batches are made in the caller's thread as before.
 """
 from __future__ import annotations

@@ -96,7 +96,7 @@ def _jpeg_frame(ds: Dataset, path) -> bytes:
 
 
 def _decode_plugin(tsyntax) -> str:
-    """Prefer Pillow (4x faster than pylibjpeg on JPEG Baseline); otherwise pydicom's own order."""
+    """Prefer Pillow (faster than pylibjpeg on JPEG Baseline: docs/performance.md); otherwise pydicom's own order."""
     try:
         plugins = pydicom.pixels.get_decoder(tsyntax).available_plugins
     except NotImplementedError:

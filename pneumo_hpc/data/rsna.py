@@ -138,7 +138,8 @@ def load_labels(rsna_dir, labels_csv: str = LABELS_CSV, class_csv: str = CLASS_C
     has_classes = class_path.is_file()
     classes, quarantined = _read_classes(class_path, notes) if has_classes else ({}, {})
 
-    # plain Python over records: a pandas groupby loop costs ~1 ms per group, 30 s on the full 26,684 patients
+    # plain Python over records: a pandas groupby loop pays a fixed cost per group, which adds up to tens of
+    # seconds over the full download (docs/performance.md)
     per_patient: dict[str, list] = {}
     for pid, target, *box in rows[["patientId", "Target", *BOX_COLUMNS]].itertuples(index=False, name=None):
         per_patient.setdefault(pid, []).append((int(target), tuple(None if pd.isna(v) else float(v) for v in box)))

@@ -14,7 +14,8 @@ RUN/metrics.json: kind "detector"; map50, map50_95, precision, recall (ultralyti
 rsna_map and rsna_n_images (the competition metric of the best weights' predictions at `conf` on the val set);
 train_time_s (wall time of ultralytics' train(): setup, epochs with their validation, final validation) and
 images_per_s = n_train * epochs / train_time_s; loop_time_s (ultralytics' own clock for the epochs alone);
-eval_time_s (the kit's evaluation after training, which a bare ultralytics run does not do).
+eval_time_s (the kit's evaluation after training, which a bare ultralytics run does not do). The record's every key:
+docs/run-record.md (built by pneumo_hpc.report.record.detector_record).
 ultralytics' run folder is RUN/ultralytics/train (weights/best.pt, results.csv, args.yaml).
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from pneumo_hpc.atomic import write_text
 from pneumo_hpc.detect import DetectError
-from pneumo_hpc.report.record import append_result
+from pneumo_hpc.report.record import append_result, detector_record
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 # What launchers export for their ranks; ultralytics reads these at import to decide whether it is a DDP worker.
@@ -275,28 +276,24 @@ def train(cfg: TrainConfig) -> dict:
     rsna, rsna_n = rsna_on_split(best, root, data["val"], imgsz=cfg.imgsz, conf=cfg.conf, device=eval_device)
     eval_time = time.perf_counter() - eval_start
     loop_time = _loop_time(save_dir / "results.csv")
-    metrics = {
-        "kind": "detector", **box, "rsna_map": rsna, "rsna_n_images": rsna_n, "rsna_conf": cfg.conf,
-        "train_time_s": round(train_time, 3), "images_per_s": round(n_train * cfg.epochs / train_time, 3),
-        "loop_time_s": loop_time,
-        "loop_images_per_s": round(n_train * cfg.epochs / loop_time, 3) if loop_time else None,
-        "eval_time_s": round(eval_time, 3),  # the kit's own evaluation after training (rsna_map)
-        "gpus": cfg.gpus, "epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch, "model": cfg.model,
-        "n_train": n_train, "n_val": n_val,
+    metrics = detector_record(
+        label=cfg.label or None, **box, rsna_map=rsna, rsna_n_images=rsna_n, rsna_conf=cfg.conf,
+        train_time_s=round(train_time, 3), images_per_s=round(n_train * cfg.epochs / train_time, 3),
+        loop_time_s=loop_time,
+        loop_images_per_s=round(n_train * cfg.epochs / loop_time, 3) if loop_time else None,
+        eval_time_s=round(eval_time, 3),  # the kit's own evaluation after training (rsna_map)
+        gpus=cfg.gpus, epochs=cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch, model=cfg.model,
+        n_train=n_train, n_val=n_val,
         # the report reads device as a type; ultralytics' own device string is kept beside it
-        "device": "cpu" if device == "cpu" else "cuda", "device_arg": device, "amp": amp,
-        "strategy": "ddp" if cfg.gpus > 1 else "serial", "world_size": max(cfg.gpus, 1), "nodes": 1,
-        "seed": cfg.seed, "workers": cfg.workers, "data": str(root), "data_yaml": str(data_yaml),
-        "weights": str(weights), "ultralytics_dir": str(save_dir), "run_dir": str(run_dir),
-    }
-    if cfg.label:
-        metrics["config"] = cfg.label  # the configuration's name in `pneumo-hpc report`
+        device="cpu" if device == "cpu" else "cuda", device_arg=device, amp=amp,
+        strategy="ddp" if cfg.gpus > 1 else "serial", world_size=max(cfg.gpus, 1), nodes=1,
+        seed=cfg.seed, workers=cfg.workers, data=str(root), data_yaml=str(data_yaml),
+        weights=str(weights), ultralytics_dir=str(save_dir), run_dir=str(run_dir))
     write_metrics(run_dir, metrics, cfg.results or run_dir.parent / "results.jsonl")
     return metrics
 
 
 def write_metrics(run_dir: Path, metrics: dict, results: Path) -> None:
-    # NaN (no val image counted) is not JSON: write null.
-    clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()}
-    write_text(run_dir / "metrics.json", json.dumps(clean, indent=2) + "\n")
-    append_result(results, clean)
+    """`metrics`: a detector_record (NaN already null: no val image counted is not JSON)."""
+    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    append_result(results, metrics)

@@ -1,8 +1,13 @@
-"""Run records: one JSON line per finished run, appended safely by many jobs into one results file.
+"""The run record: one JSON object per finished run, in RUN/metrics.json and as one line of a results file.
 
-    from pneumo_hpc.report.record import append_result, load_results
-    append_result("runs/results.jsonl", {"kind": "classifier", "strategy": "ddp", "world_size": 2, ...})
+    from pneumo_hpc.report.record import classifier_record, append_result, load_results
+    record = classifier_record(label="2-CPU DDP", model="small-cnn", strategy="ddp", world_size=2, ...)
+    append_result("runs/results.jsonl", record)
     records = load_results(["runs/results.jsonl", "runs/serial"])   # JSONL files, metrics.json files, run dirs
+
+Every key is documented in docs/run-record.md; the key lists below are the code's copy of it, and a builder refuses
+a key they do not name. Records are never rewritten: `upgrade` reads an older record (record_version 0, or none)
+in the current schema's terms, and `load_results` applies it to everything it reads.
 
 A JSON Lines file is appended to in place rather than rewritten atomically: jobs on several nodes write to it at the
 same time, and an append under an exclusive `flock` in one `os.write` keeps each record whole. On NFS, Linux maps
@@ -13,196 +18,149 @@ import fcntl
 import json
 import math
 import os
-import platform
 import socket
-import subprocess
 import sys
-from functools import lru_cache
 from pathlib import Path
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+from pneumo_hpc.report.provenance import hardware_info, own_revision
+
 METRICS_NAME = "metrics.json"
 SOURCE_KEY = "_source"  # "file:line" added by load_results so reports can say where a bad record came from
+RECORD_VERSION = 1  # 1: record_version, label, time_breakdown; detectors' samples_per_s and batch_size
+
+# Summed over a run's epochs at the top level, one epoch's in each history entry: seconds.
+BREAKDOWN_KEYS = ("data_s", "compute_s", "comm_s", "optimizer_s", "checkpoint_s", "eval_s", "other_s")
+_SET_BY_BUILDER = ("kind", "record_version", "config", "label")
+_VALIDATION_KEYS = ("accuracy", "precision", "recall", "f1", "sensitivity", "specificity", "confusion_matrix",
+                    "roc_auc", "pr_auc", "val_loss", "threshold", "n_val_positive", "all_negative_accuracy",
+                    "target_sensitivity", "operating_threshold", "operating_sensitivity", "operating_specificity",
+                    "operating_precision", "operating_accuracy", "operating_confusion_matrix")
+CLASSIFIER_KEYS = (
+    "kind", "record_version", "model", "strategy", "backend", "launcher", "world_size", "nodes", "hosts",
+    "device", "compute_dtype", "grad_compress", "compile", "threads_per_rank", "cpu_bind", "prefetch",
+    "host_malloc", "epochs", "batch_size", "local_batch_size", "lr", "train_time_s", "wall_time_s",
+    "samples_per_s", "time_breakdown", *_VALIDATION_KEYS, "n_train", "n_val", "size", "seed", "data", "run_dir",
+    "config", "label", "history", "version")
+DETECTOR_KEYS = (
+    "kind", "record_version", "precision", "recall", "map50", "map50_95", "rsna_map", "rsna_n_images",
+    "rsna_conf", "train_time_s", "images_per_s", "samples_per_s", "loop_time_s", "loop_images_per_s",
+    "eval_time_s", "gpus", "epochs", "imgsz", "batch", "batch_size", "model", "n_train", "n_val", "device",
+    "device_arg", "amp", "strategy", "world_size", "nodes", "seed", "workers", "data", "data_yaml", "weights",
+    "ultralytics_dir", "run_dir", "config", "label")
+# append_result adds these to any record; a builder accepts them too (a record rebuilt from an old line)
+PROVENANCE_KEYS = ("timestamp", "git_revision", "hardware", "nodes", "hostname")
+CLASSIFIER_REQUIRED = ("model", "strategy", "world_size", "device", "epochs", "train_time_s")
+DETECTOR_REQUIRED = ("model", "gpus", "device", "epochs", "train_time_s")
 
 
 class ResultsError(ValueError):
     """A results file that cannot be read; the message names the file (and line) and the problem."""
 
 
-# --- provenance ----------------------------------------------------------------------------------------------------
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                # x86 says "model name"; arm64/ppc64 kernels say "Model" / "cpu".
-                if key.strip() in ("model name", "Model", "cpu") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def parse_visible_devices(value):
-    """CUDA_VISIBLE_DEVICES as CUDA reads it: None when unset, else the list of entries up to the first empty one.
-
-    "" and "-1" hide every GPU; entries are indices or UUIDs ("GPU-...", "MIG-...").
-    """
-    if value is None:
-        return None
-    entries = []
-    for item in value.split(","):
-        item = item.strip()
-        if not item or item == "-1" or item.startswith("-"):
-            break  # CUDA stops enumerating at the first invalid entry
-        entries.append(item)
-    return entries
-
-
-def _nvml_gpus(visible):
-    """(name of the first visible GPU, visible count) from NVML, which reads the driver without creating a CUDA
-    context; None when NVML is unavailable (no NVIDIA driver, or nvidia-ml-py missing). NVML numbers GPUs in PCI
-    order, CUDA fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID: on a mixed node the name may be another
-    visible GPU's, the count is right."""
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - a missing library/driver raises library-specific errors
-        return None
-    try:
-        total = pynvml.nvmlDeviceGetCount()
-        if visible is None:
-            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(total)]
-        else:
-            handles = []
-            for entry in visible:
-                try:
-                    handles.append(pynvml.nvmlDeviceGetHandleByIndex(int(entry)) if entry.isdigit()
-                                   else pynvml.nvmlDeviceGetHandleByUUID(entry))
-                except Exception:  # noqa: BLE001 - CUDA, too, ignores everything after an unknown device
-                    break
-        if not handles:
-            # Entries NVML cannot resolve (some MIG UUIDs on older drivers): unknown, let the caller try torch.
-            return None if visible else (None, 0)
-        name = pynvml.nvmlDeviceGetName(handles[0])
-        return (name.decode() if isinstance(name, bytes) else name), len(handles)
-    except Exception:  # noqa: BLE001
-        return None
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001
-            pass
-
-
-@lru_cache(maxsize=8)
-def _gpus(visible_env):
-    visible = parse_visible_devices(visible_env)
-    if visible is not None and not visible:
-        return None, 0  # GPUs hidden on purpose: do not touch the driver at all
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        return torch.cuda.get_device_name(), torch.cuda.device_count()
-    found = _nvml_gpus(visible)
-    if found is not None:
-        return found
-    # No NVML (e.g. ROCm): ask torch only if the caller already paid for importing it; is_available() and
-    # device_count() do not create a CUDA context, get_device_name() would, so the name stays unknown.
-    if torch is not None and torch.cuda.is_available():
-        return None, torch.cuda.device_count()
-    return None, 0
-
-
-def hardware_info() -> dict:
-    """Where a run ran: CPU model and cores, GPUs, host, nodes. Never initializes CUDA, never imports torch
-    (a CPU-only caller would pay seconds for it); GPUs are read through NVML, or through torch if already in use."""
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        affinity = os.cpu_count()
-    gpu_name, gpu_count = _gpus(os.environ.get("CUDA_VISIBLE_DEVICES"))
-    return {
-        "cpu_model": _cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "cpu_affinity": affinity,
-        "gpu_name": gpu_name,
-        "gpu_count": gpu_count,
-        "hostname": socket.gethostname(),
-        "nodes": _int_env("SLURM_JOB_NUM_NODES", _int_env("SLURM_NNODES", 1)),
-        "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
-    }
-
-
-def _int_env(name, default):
-    try:
-        return int(os.environ[name])
-    except (KeyError, ValueError):
-        return default
-
-
-def _installed_version() -> str | None:
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-        try:
-            return version("pneumo-hpc")
-        except PackageNotFoundError:
-            pass
-    except ImportError:
-        pass
-    try:
-        from pneumo_hpc import __version__
-        return __version__
-    except ImportError:
-        return None
-
-
-def _git(repo_dir, *args):
-    proc = subprocess.run(["git", "-C", str(repo_dir), *args], capture_output=True, text=True, timeout=10,
-                          stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr.strip())
-    return proc.stdout.strip()
-
-
-def git_revision(repo_dir=None) -> str | None:
-    """`git rev-parse --short HEAD` (+ "-dirty" when tracked files changed) of the source tree this package runs
-    from, or the installed version when that is not a checkout (site-packages, a container). Never raises."""
-    repo_dir = Path(repo_dir) if repo_dir is not None else _PACKAGE_DIR.parent
-    try:
-        top = Path(_git(repo_dir, "rev-parse", "--show-toplevel")).resolve()
-        # A package installed into some other project's checkout must not report that project's commit.
-        if top != repo_dir.resolve():
-            return _installed_version()
-        rev = _git(repo_dir, "rev-parse", "--short", "HEAD")
-        dirty = _git(repo_dir, "status", "--porcelain", "--untracked-files=no")
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, RuntimeError, subprocess.SubprocessError):
-        return _installed_version()
-
-
-@lru_cache(maxsize=1)
-def _own_revision():
-    return git_revision()  # once per process: a job appending many records need not fork git each time
-
-
-# --- writing -------------------------------------------------------------------------------------------------------
-
-def _jsonable(value):
-    """JSON-safe copy: NaN/inf become null (strict JSON readers reject NaN), paths and numpy scalars plain values."""
+def jsonable(value):
+    """JSON-safe copy, the one NaN policy: NaN/inf become null (strict JSON readers reject NaN), paths strings,
+    numpy/torch values plain numbers or lists, tuples lists, dict keys strings."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if hasattr(value, "tolist") and hasattr(value, "dtype"):  # numpy / torch values, without importing either
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
 
+
+# --- building ------------------------------------------------------------------------------------------------------
+
+def classifier_record(*, label=None, **fields) -> dict:
+    """A classifier run's record: `fields` are CLASSIFIER_KEYS (less kind, record_version, config, label), in any
+    order; returned ordered, NaN-cleaned, with record_version and the label under both `label` and `config`.
+    `time_breakdown` (and each history entry's) must hold exactly BREAKDOWN_KEYS. Raises TypeError on a key the
+    schema does not name or a required one missing, ValueError on a malformed breakdown."""
+    return _build("classifier", CLASSIFIER_KEYS, CLASSIFIER_REQUIRED, label, fields)
+
+
+def detector_record(*, label=None, **fields) -> dict:
+    """A detector run's record, as classifier_record does it with DETECTOR_KEYS; samples_per_s defaults to
+    images_per_s and batch_size to batch (readers read the classifier's names for both kinds)."""
+    for ours, theirs in (("samples_per_s", "images_per_s"), ("batch_size", "batch")):
+        if fields.get(ours) is None:
+            fields[ours] = fields.get(theirs)
+    return _build("detector", DETECTOR_KEYS, DETECTOR_REQUIRED, label, fields)
+
+
+def _build(kind, keys, required, label, fields):
+    allowed = set(keys) - set(_SET_BY_BUILDER) | set(PROVENANCE_KEYS)
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        given = [k for k in unknown if k in _SET_BY_BUILDER]
+        hint = ("the builder sets kind, record_version, config and label (pass label=...)" if given else
+                "a new key goes into pneumo_hpc/report/record.py and docs/run-record.md first")
+        raise TypeError(f"{kind} record: unknown key(s) {', '.join(unknown)}; {hint}")
+    missing = [k for k in required if fields.get(k) is None]
+    if missing:
+        raise TypeError(f"{kind} record: missing {', '.join(missing)}")
+    check_breakdown(fields.get("time_breakdown"), "time_breakdown")
+    for i, epoch in enumerate(fields.get("history") or ()):
+        check_breakdown(epoch.get("time_breakdown"), f"history[{i}].time_breakdown")
+    full = {"kind": kind, "record_version": RECORD_VERSION, "config": label, "label": label, **fields}
+    order = list(keys) + [k for k in PROVENANCE_KEYS if k not in keys]
+    return jsonable({k: full[k] for k in order if k in full})
+
+
+def check_breakdown(breakdown, where="time_breakdown"):
+    """None, or a dict of exactly BREAKDOWN_KEYS to seconds >= 0; else ValueError naming `where`."""
+    if breakdown is None:
+        return
+    if not isinstance(breakdown, dict) or set(breakdown) != set(BREAKDOWN_KEYS):
+        got = sorted(breakdown) if isinstance(breakdown, dict) else type(breakdown).__name__
+        raise ValueError(f"{where}: expected the keys {', '.join(BREAKDOWN_KEYS)}, got {got}")
+    bad = [k for k, v in breakdown.items()
+           if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0]
+    if bad:
+        raise ValueError(f"{where}: {', '.join(bad)} must be seconds >= 0")
+
+
+# --- reading older records -----------------------------------------------------------------------------------------
+
+def upgrade(record: dict) -> dict:
+    """A copy of `record` (any record_version) in the current schema's terms, for readers: record_version 0 where
+    none is written; `label` from a string `config`; `samples_per_s` from `images_per_s`; `device` as its type
+    ("cuda:1" is "cuda"); a detector's world_size, strategy, device and batch_size from gpus and batch.
+    Idempotent; values it cannot interpret are left for the reader to reject."""
+    out = dict(record)
+    if out.get("record_version") is None:
+        out["record_version"] = 0
+    out["kind"] = out.get("kind") or "classifier"
+    if out.get("label") is None and isinstance(out.get("config"), str):
+        out["label"] = out["config"]
+    if out.get("samples_per_s") is None and out.get("images_per_s") is not None:
+        out["samples_per_s"] = out["images_per_s"]
+    if isinstance(out.get("device"), str):
+        out["device"] = out["device"].split(":")[0]
+    if out["kind"] == "detector":
+        _upgrade_detector(out)
+    return out
+
+
+def _upgrade_detector(out):
+    gpus = out.get("gpus")
+    numeric = gpus is None or (isinstance(gpus, (int, float)) and not isinstance(gpus, bool))
+    if out.get("world_size") is None and numeric:
+        out["world_size"] = max(gpus or 0, 1)  # a CPU run (gpus 0) is one worker
+    if out.get("device") is None:
+        out["device"] = "cuda" if gpus else "cpu"
+    workers = out.get("world_size")
+    if out.get("strategy") is None and isinstance(workers, (int, float)):
+        out["strategy"] = "ddp" if workers > 1 else "serial"
+    if out.get("batch_size") is None:
+        out["batch_size"] = out.get("batch")
+
+
+# --- writing -------------------------------------------------------------------------------------------------------
 
 def append_result(path, record: dict) -> dict:
     """Append `record` plus provenance (timestamp, git_revision, hardware, nodes, hostname) as one JSON line to the
@@ -210,11 +168,11 @@ def append_result(path, record: dict) -> dict:
     record as written."""
     full = dict(record)
     full.setdefault("timestamp", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"))
-    full.setdefault("git_revision", _own_revision())
+    full.setdefault("git_revision", own_revision())
     hardware = full.setdefault("hardware", hardware_info())
     full.setdefault("nodes", hardware.get("nodes", 1) if isinstance(hardware, dict) else 1)
     full.setdefault("hostname", socket.gethostname())
-    full = _jsonable(full)
+    full = jsonable(full)
     line = json.dumps(full, sort_keys=False, allow_nan=False).encode() + b"\n"
 
     path = Path(path)
@@ -257,7 +215,7 @@ def _read_jsonl(path: Path, strict: bool):
                 print(f"warning: skipped {message}", file=sys.stderr)
                 continue
             record[SOURCE_KEY] = where
-            records.append(record)
+            records.append(upgrade(record))
     return records
 
 
@@ -274,14 +232,15 @@ def _read_metrics(path: Path, strict: bool = True):
         raise ResultsError(f"{path}: expected a JSON object, got {type(record).__name__}")
     record.setdefault("run_dir", str(path.parent))
     record[SOURCE_KEY] = str(path)
-    return [record]
+    return [upgrade(record)]
 
 
 def load_results(paths, strict: bool = True) -> list[dict]:
     """Records from JSON Lines files (*.jsonl), single-object JSON files (metrics.json), and run directories (their
     metrics.json, else their *.jsonl files). Blank lines are skipped. A line that is not a JSON object raises
     ResultsError naming file and line when `strict` (the default: a silently dropped run skews a scaling table);
-    with strict=False it is skipped with a warning on stderr. Each record gets `_source` ("file:line")."""
+    with strict=False it is skipped with a warning on stderr. Each record gets `_source` ("file:line") and is
+    read through `upgrade`."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     records = []
