@@ -69,7 +69,7 @@ def test_val_predictions_file(tmp_path):
 
 def test_report_reads_clinical_keys_and_draws_curves(tmp_path):
     from pneumo_hpc.classify.metrics import classification_metrics as cm
-    from pneumo_hpc.report.build import write_report
+    from pneumo_hpc.report.write import write_report
 
     records = []
     for strategy, world in (("serial", 1), ("ddp", 2)):

@@ -9,8 +9,9 @@ from PIL import Image
 
 from pneumo_hpc.report import reference
 from pneumo_hpc.cli import main
-from pneumo_hpc.report.build import (CSV_COLUMNS, REF_CSV_COLUMNS, ReportError, amdahl_fit, amdahl_speedup,
-                               build_table, configuration_label)
+from pneumo_hpc.report.amdahl import amdahl_fit, amdahl_speedup
+from pneumo_hpc.report.runs import ReportError, configuration_label
+from pneumo_hpc.report.table import CSV_COLUMNS, REF_CSV_COLUMNS, build_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -249,3 +250,42 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     result = CliRunner().invoke(main, ["report", str(bad), "--out", str(tmp_path / "o"), "--baseline", "x",
                                          "--skip-bad-lines"])
     assert result.exit_code == 1 and "--baseline 'x' matches no record" in result.output
+
+
+def _breakdown(data, compute, comm, other=0.5):
+    return {"data_s": data, "compute_s": compute, "comm_s": comm, "optimizer_s": 1.0, "checkpoint_s": 0.5,
+            "eval_s": 2.0, "other_s": other}
+
+
+def test_time_breakdown_per_epoch_table_and_plot(tmp_path):
+    from pneumo_hpc.report.write import write_report
+
+    # epochs 5: the record's sums are five epochs' seconds
+    records = [clf(time_breakdown=_breakdown(10.0, 80.0, 0.0), record_version=1),
+               clf("ddp", 2, 55.0, time_breakdown=_breakdown(5.0, 40.0, 10.0), record_version=1),
+               clf("ddp", 2, 57.0, time_breakdown=_breakdown(5.0, 40.0, 20.0), record_version=1),
+               clf("ddp", 4, 30.0)]  # record_version 0: no breakdown, left out
+    rows, _ = build_table(records)
+    got = by_config(rows)
+    assert got["serial CNN (CPU)"]["time_breakdown"]["compute_s"] == pytest.approx(16.0)
+    assert got["2-CPU DDP"]["time_breakdown"]["comm_s"] == pytest.approx(3.0)  # mean of 2 and 4 per epoch
+    assert got["4-CPU DDP"]["time_breakdown"] is None
+    out = write_report(records, tmp_path / "rep")
+    md = out["markdown"]
+    assert "## Where the time goes" in md and "![time breakdown per epoch](time_breakdown.png)" in md
+    table = md.split("## Where the time goes")[1].split("\n\n")[1].splitlines()
+    assert table[0] == ("| configuration | runs | data | compute | comm | optimizer | checkpoint | eval | other | "
+                        "total | data / step | comm / step |")
+    assert table[2:] == [  # a step: data + compute + comm + optimizer (18.2 s and 12.2 s)
+        "| serial CNN (CPU) | 1 | 2.00 | 16.00 | 0.00 | 0.20 | 0.10 | 0.40 | 0.10 | 18.80 | 11 % | 0 % |",
+        "| 2-CPU DDP | 2 | 1.00 | 8.00 | 3.00 | 0.20 | 0.10 | 0.40 | 0.10 | 12.80 | 8 % | 25 % |"]
+    _check_png(tmp_path / "rep" / "time_breakdown.png")
+    plain = write_report([clf(), clf("ddp", 2, 55.0)], tmp_path / "plain")
+    assert "Where the time goes" not in plain["markdown"] and not (tmp_path / "plain" / "time_breakdown.png").exists()
+
+
+def test_label_key_and_old_config_key_name_the_row():
+    rows, _ = build_table([clf(label="new", config="new"), clf(time=90.0, config="old"),
+                           det(4, config={"not": "a label"})])
+    assert {r["configuration"] for r in rows} == {"new", "old", "YOLOv8n (4 GPUs)"}
+    assert by_config(rows)["YOLOv8n (4 GPUs)"]["throughput"] == 1300.0  # images_per_s read as samples_per_s

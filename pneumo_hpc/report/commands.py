@@ -19,8 +19,9 @@ import click
 def report(results, out_dir, baseline, no_reference, skip_bad_lines):
     """Scaling table (time, accuracy / mAP, throughput, speedup, efficiency, Amdahl fit) from RESULTS:
     JSON Lines files, metrics.json files or run directories."""
-    from pneumo_hpc.report.build import ReportError, write_report
     from pneumo_hpc.report.record import ResultsError, load_results
+    from pneumo_hpc.report.runs import ReportError
+    from pneumo_hpc.report.write import write_report
 
     try:
         records = load_results(results, strict=not skip_bad_lines)
