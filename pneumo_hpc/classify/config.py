@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pneumo_hpc.report.record import jsonable
+
 MODELS = ("small-cnn", "resnet18")
 STRATEGIES = ("serial", "ddp", "fsdp")
 BACKENDS = ("auto", "gloo", "nccl")
@@ -97,7 +99,7 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict:
-        return _jsonable(dataclasses.asdict(self))
+        return jsonable(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -107,10 +109,3 @@ class TrainConfig:
         return cls(data=data, model=model, optim=OptimConfig(**d["optim"]), parallel=ParallelConfig(**d["parallel"]),
                    run=RunConfig(**run))
 
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return str(obj) if isinstance(obj, Path) else obj
