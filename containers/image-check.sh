@@ -208,7 +208,10 @@ else
   $SECTIONS "$DEF" section post >"$WORK/tmp/post.sh"
   stage "%post (chroot; host apt archive, pip configuration and local wheel indexes bound read-only)"
   t=$(date +%s)
-  in_root /tmp/post.sh "${ENV_PIP[@]}" || die "%post failed (exit $?); the root is kept in $ROOT for a look"
+  # %post appends the version labels to $APPTAINER_LABELS, which apptainer build points at /.build.labels
+  rm -f "$ROOT/.build.labels"
+  in_root /tmp/post.sh "${ENV_PIP[@]}" APPTAINER_LABELS=/.build.labels SINGULARITY_LABELS=/.build.labels \
+    || die "%post failed (exit $?); the root is kept in $ROOT for a look"
   post_s=$(( $(date +%s) - t ))
   stage "%post done in $post_s s (fresh root: $fresh)"
   cleanup
@@ -222,10 +225,11 @@ else
   { echo '#!/bin/sh'; echo; $SECTIONS "$DEF" section runscript; } >"$sd/runscript"
   { echo '#!/bin/sh'; echo; $SECTIONS "$DEF" section test; } >"$sd/test"
   chmod 755 "$sd/env/90-environment.sh" "$sd/runscript" "$sd/test"
-  $SECTIONS "$DEF" section labels | python3 -c '
+  { $SECTIONS "$DEF" section labels; cat "$ROOT/.build.labels"; } | python3 -c '
 import json, sys
 print(json.dumps(dict((l.split(None, 1) + [""])[:2] for l in sys.stdin.read().splitlines() if l.strip()), indent=1))' \
     >"$sd/labels.json"
+  rm -f "$ROOT/.build.labels"
   echo "$files_key" >"$STAMP"
 fi
 du_root=$(du -sh --exclude=.image-check-done "$ROOT" | cut -f1)

@@ -10,7 +10,9 @@
     PREFIX/pneumo-hpc/VERSION/pneumo-hpc-VERSION.sif  copy of SIF, when given
     MODULEFILES/pneumo-hpc/VERSION.lua                Lmod (and/or MODULEFILES/pneumo-hpc/VERSION, Tcl)
 
-from the templates beside this file, whose @NAME@ fields are filled with values quoted for each language.
+from the templates beside this file (modules/pneumo-hpc/template.lua, template.tcl: version-free, as in
+singularity-hpc), whose @NAME@ fields are filled with values quoted for each language; VERSION is
+pyproject.toml's.
 Every file is written to a temporary name in its directory and renamed, so a module is never seen half-written.
 Standard library only.
 """
@@ -32,8 +34,12 @@ class InstallError(ValueError):
 
 
 def version():
-    text = (SOURCE / "pneumo_hpc" / "__init__.py").read_text()
-    return re.search(r'__version__\s*=\s*"([^"]+)"', text).group(1)
+    """The kit's version: pyproject.toml's [project] version (the one place it is written)."""
+    text = (SOURCE / "pyproject.toml").read_text()
+    match = re.search(r'(?ms)^\[project\]\s*$(?:(?!^\[).)*?^version\s*=\s*"([^"]+)"', text)
+    if not match:
+        raise InstallError(f"{SOURCE / 'pyproject.toml'}: no version in its [project] table")
+    return match.group(1)
 
 
 # How a value is written inside a double-quoted string of each template language.
@@ -111,10 +117,10 @@ def install(prefix, modulefiles, sif="", venv="", fmt="lua", apptainer="apptaine
     moddir = Path(modulefiles).resolve() / NAME
     if fmt in ("lua", "both"):
         written.append(moddir / f"{ver}.lua")
-        write_atomic(written[-1], fill(HERE / NAME / f"{ver}.lua", values, "lua"))
+        write_atomic(written[-1], fill(HERE / NAME / "template.lua", values, "lua"))
     if fmt in ("tcl", "both"):
         written.append(moddir / ver)
-        write_atomic(written[-1], fill(HERE / NAME / ver, values, "tcl"))
+        write_atomic(written[-1], fill(HERE / NAME / "template.tcl", values, "tcl"))
     for path in written:
         print(f"module-install: wrote {path}")
     print(f"module-install: use it with: module use {Path(modulefiles).resolve()}; module load {NAME}/{ver}")

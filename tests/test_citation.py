@@ -1,4 +1,7 @@
-"""CITATION.cff: valid CFF 1.2.0 (cffconvert), in step with the package, and citing the data and YOLOv8."""
+"""CITATION.cff: valid CFF 1.2.0 (cffconvert), in step with the package, and citing the data and YOLOv8; the
+package's version is pyproject.toml's, installed or not."""
+import shutil
+import sys
 import tomllib
 
 import pytest
@@ -8,6 +11,7 @@ import pneumo_hpc
 from conftest import REPO, VENV_BIN, run
 
 CFF = REPO / "CITATION.cff"
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +45,22 @@ def test_references_cite_the_rsna_data_its_paper_and_yolov8(cff):
 
 @pytest.mark.parametrize("fmt, expected", [
     ("bibtex", "title = {pneumo-hpc}"),
-    ("apalike", "pneumo-hpc contributors (2026). pneumo-hpc (version 0.1.0)."),
+    ("apalike", f"pneumo-hpc contributors (2026). pneumo-hpc (version {VERSION})."),
 ])
 def test_converts_to_citation_formats(fmt, expected):
     out = run([str(VENV_BIN / "cffconvert"), "-i", str(CFF), "-f", fmt]).stdout
     assert expected in out
+
+
+@pytest.mark.parametrize("pyproject, expected", [
+    ('[project]\nname = "pneumo-hpc"\nlicense = { text = "MIT" }\nversion = "9.8.7"\n[tool.x]\nversion = "1"\n', "9.8.7"),
+    ('[project]\nname = "pneumo-hpc"\n[tool.x]\nversion = "1"\n', "unknown"),
+    (None, "unknown"),
+])
+def test_a_checkout_that_is_not_installed_reads_its_pyproject(tmp_path, pyproject, expected):
+    # no site-packages (-S) and no egg-info beside it: importlib.metadata finds nothing, the fallback answers
+    shutil.copytree(REPO / "pneumo_hpc", tmp_path / "pneumo_hpc", ignore=shutil.ignore_patterns("__pycache__"))
+    if pyproject is not None:
+        (tmp_path / "pyproject.toml").write_text(pyproject)
+    out = run([sys.executable, "-S", "-c", "import pneumo_hpc; print(pneumo_hpc.__version__)"], cwd=tmp_path).stdout
+    assert out.strip() == expected

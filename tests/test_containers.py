@@ -11,7 +11,7 @@ import pytest
 from spython.main.parse.parsers import SingularityParser
 
 import pneumo_hpc
-from conftest import REPO, run, tool_env
+from conftest import REPO, VENV_BIN, run, tool_env
 
 DEFS = {"gpu": REPO / "containers" / "pneumo-hpc-gpu.def", "cpu": REPO / "containers" / "pneumo-hpc-cpu.def"}
 VENV_IN_IMAGE = "/opt/pneumo-hpc/venv"
@@ -95,14 +95,34 @@ def test_runscript_labels_help(kind):
     r = recipe(kind)
     assert r.cmd.strip() == 'exec pneumo-hpc "$@"'
     labels = dict(line.split(" ", 1) for line in r.labels)
-    assert labels["org.opencontainers.image.version"] == pneumo_hpc.__version__ == labels["Version"]
+    assert "org.opencontainers.image.version" not in labels and "Version" not in labels  # %post sets them
     assert labels["org.opencontainers.image.licenses"] == "MIT"
     assert labels["Variant"] == kind
     assert labels["org.opencontainers.image.base.name"].endswith(r.fromHeader)
     help_text = "\n".join(sections(kind)["help"])
-    assert f"pneumo-hpc {pneumo_hpc.__version__} ({kind.upper()} image)" in help_text
+    assert f"pneumo-hpc ({kind.upper()} image)" in help_text
+    assert pneumo_hpc.__version__ not in DEFS[kind].read_text()  # pyproject.toml's, read at build time
     assert f"apptainer run {'--nv ' if kind == 'gpu' else ''}pneumo-hpc-{kind}.sif --help" in help_text
     assert "PNEUMO_HPC_CACHE" in help_text
+
+
+def label_step(kind):
+    """%post's version labelling, run against this checkout's venv instead of the image's."""
+    post = sections(kind)["post"]
+    start = next(i for i, line in enumerate(post) if line.startswith("version="))
+    end = next(i for i, line in enumerate(post) if "_LABELS" in line)
+    return "\n".join(post[start:end + 1]).replace(VENV_IN_IMAGE, str(VENV_BIN.parent))
+
+
+@pytest.mark.parametrize("kind", DEFS)
+def test_post_labels_the_image_with_the_installed_version(kind, tmp_path):
+    labels, version = tmp_path / "labels", pneumo_hpc.__version__
+    for builder in ("APPTAINER_LABELS", "SINGULARITY_LABELS"):  # Apptainer sets both, SingularityCE the second
+        labels.write_text("Torch 2\n")
+        run(["sh", "-eu", "-c", label_step(kind)], env={"PATH": "/usr/bin:/bin", builder: str(labels)})
+        assert labels.read_text() == f"Torch 2\norg.opencontainers.image.version {version}\nVersion {version}\n"
+    proc = run(["sh", "-eu", "-c", label_step(kind)], env={"PATH": "/usr/bin:/bin"}, check=False)
+    assert proc.returncode != 0 and "the builder sets APPTAINER_LABELS" in proc.stderr
 
 
 def test_cpu_and_gpu_images_install_and_run_the_same_way():

@@ -6,6 +6,7 @@ Regenerate the golden modulefiles after an intended change with: UPDATE_GOLDEN=1
 import hashlib
 import os
 import re
+import shutil
 import stat
 from pathlib import Path
 
@@ -175,24 +176,41 @@ def test_special_characters_in_the_install_root_survive(lmod, tmp_path, fmt, nam
     assert f"root={root}" in out and f"version {VERSION}" in out
 
 
-@pytest.mark.parametrize("name", [f"{VERSION}.lua", VERSION])
-def test_rendered_modulefile_matches_golden(tmp_path, name):
+@pytest.mark.parametrize("name, fmt", [(f"{VERSION}.lua", "lua"), (VERSION, "tcl")])
+def test_rendered_modulefile_matches_golden(tmp_path, name, fmt):
     module_install(tmp_path, "MODULE_FORMAT=both")
     text = (tmp_path / "modulefiles" / "pneumo-hpc" / name).read_text()
     text = text.replace(str(tmp_path), "@TMP@").replace(str(VENV), "@VENV@").replace(str(REPO), "@REPO@")
-    golden = GOLDEN / f"modulefile-pneumo-hpc-{name}{'' if name.endswith('.lua') else '.tcl'}"
+    text = text.replace(VERSION, "@VERSION@")  # a release changes the version, not the golden file
+    golden = GOLDEN / f"modulefile-pneumo-hpc.{fmt}"
     if UPDATE:
         GOLDEN.mkdir(exist_ok=True)
         golden.write_text(text)
     assert text == golden.read_text(), f"{golden} differs (UPDATE_GOLDEN=1 if intended)"
 
 
-def test_templates_are_twins_for_the_package_version():
-    lua = (REPO / "modules" / "pneumo-hpc" / f"{VERSION}.lua").read_text()
-    tcl = (REPO / "modules" / "pneumo-hpc" / VERSION).read_text()
+def test_a_release_needs_only_its_pyproject_version(tmp_path):
+    # a source tree whose pyproject.toml says 9.8.7: the module is installed as 9.8.7, with no other file touched
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "modules", src / "modules", ignore=shutil.ignore_patterns("__pycache__"))
+    (src / "pyproject.toml").write_text('[project]\nname = "pneumo-hpc"\nversion = "9.8.7"\n')
+    run(["python3", str(src / "modules" / "install.py"), "--prefix", f"{tmp_path}/apps", "--modulefiles",
+         f"{tmp_path}/mf", "--venv", str(VENV), "--format", "both"])
+    for name in ("9.8.7.lua", "9.8.7"):
+        text = (tmp_path / "mf" / "pneumo-hpc" / name).read_text()
+        assert "Version: 9.8.7" in text and f"{tmp_path}/apps/pneumo-hpc/9.8.7" in text and VERSION not in text
+    assert "pneumo-hpc 9.8.7 command wrapper" in (tmp_path / "apps" / "pneumo-hpc" / "9.8.7" / "bin" /
+                                                  "pneumo-hpc").read_text()
+
+
+def test_templates_are_version_free_twins():
+    lua = (REPO / "modules" / "pneumo-hpc" / "template.lua").read_text()
+    tcl = (REPO / "modules" / "pneumo-hpc" / "template.tcl").read_text()
+    assert VERSION not in lua and VERSION not in tcl  # pyproject.toml's, filled in by modules/install.py
+    assert sorted(p.name for p in (REPO / "modules" / "pneumo-hpc").iterdir()) == ["template.lua", "template.tcl"]
     fields = lambda text: set(re.findall(r"@([A-Z0-9_]+)@", text))  # noqa: E731
-    assert fields(lua) == fields(tcl) == {"SOURCE", "IMAGE", "SIF", "SIF_SHA256", "VENV", "ROOT"}
+    assert fields(lua) == fields(tcl) == {"VERSION", "SOURCE", "IMAGE", "SIF", "SIF_SHA256", "VENV", "ROOT"}
     for env_name in ("PNEUMO_HPC_ROOT", "PNEUMO_HPC_SIF", "PATH"):
         assert env_name in lua and env_name in tcl
     whatis = lambda text: re.findall(r'whatis\(?\s*"([^"]+)"', text)  # noqa: E731
-    assert whatis(lua) == whatis(tcl) and f"Version: {VERSION}" in whatis(lua)
+    assert whatis(lua) == whatis(tcl) and "Version: @VERSION@" in whatis(lua)

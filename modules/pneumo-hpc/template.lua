@@ -1,5 +1,5 @@
--- pneumo-hpc 0.1.0: Lmod modulefile.
--- Installed by `make module-install` from modules/pneumo-hpc/0.1.0.lua (template in the pneumo-hpc sources).
+-- pneumo-hpc @VERSION@: Lmod modulefile.
+-- Installed by `make module-install` from modules/pneumo-hpc/template.lua (in the pneumo-hpc sources).
 --   source:   @SOURCE@
 --   image:    @IMAGE@
 --   sha256:   @SIF_SHA256@
@@ -8,7 +8,7 @@
 -- Edit by re-running `make module-install`, not by hand.
 
 help([[
-pneumo-hpc 0.1.0: train and measure pneumonia classifiers (small CNN, resnet18) and YOLOv8n
+pneumo-hpc @VERSION@: train and measure pneumonia classifiers (small CNN, resnet18) and YOLOv8n
 detectors on RSNA Pneumonia Detection Challenge chest X-rays, serial to multi-node.
 
 `pneumo-hpc` runs in the Apptainer image named by PNEUMO_HPC_SIF (with --nv when this node has
@@ -26,7 +26,7 @@ Please cite the software and the RSNA dataset (CITATION.cff in the sources).
 ]])
 
 whatis("Name: pneumo-hpc")
-whatis("Version: 0.1.0")
+whatis("Version: @VERSION@")
 whatis("Category: machine learning, medical imaging, HPC")
 whatis("Description: pneumonia classifiers and detectors on RSNA chest X-rays with DDP/FSDP, MPI and SLURM")
 whatis("License: MIT")

@@ -1,6 +1,6 @@
 #%Module1.0
-## pneumo-hpc 0.1.0: Tcl modulefile (Environment Modules; Lmod reads it too). Twin of 0.1.0.lua.
-## Installed by `make module-install MODULE_FORMAT=tcl` from modules/pneumo-hpc/0.1.0 (template in the sources).
+## pneumo-hpc @VERSION@: Tcl modulefile (Environment Modules; Lmod reads it too). Twin of the Lua one.
+## Installed by `make module-install MODULE_FORMAT=tcl` from modules/pneumo-hpc/template.tcl (in the sources).
 ##   source:   @SOURCE@
 ##   image:    @IMAGE@
 ##   sha256:   @SIF_SHA256@
@@ -9,7 +9,7 @@
 ## Edit by re-running `make module-install`, not by hand.
 
 proc ModulesHelp { } {
-    puts stderr "pneumo-hpc 0.1.0: train and measure pneumonia classifiers (small CNN, resnet18) and YOLOv8n"
+    puts stderr "pneumo-hpc @VERSION@: train and measure pneumonia classifiers (small CNN, resnet18) and YOLOv8n"
     puts stderr "detectors on RSNA Pneumonia Detection Challenge chest X-rays, serial to multi-node."
     puts stderr ""
     puts stderr "`pneumo-hpc` runs in the Apptainer image named by PNEUMO_HPC_SIF (with --nv when this node has"
@@ -27,7 +27,7 @@ proc ModulesHelp { } {
 }
 
 module-whatis "Name: pneumo-hpc"
-module-whatis "Version: 0.1.0"
+module-whatis "Version: @VERSION@"
 module-whatis "Category: machine learning, medical imaging, HPC"
 module-whatis "Description: pneumonia classifiers and detectors on RSNA chest X-rays with DDP/FSDP, MPI and SLURM"
 module-whatis "License: MIT"

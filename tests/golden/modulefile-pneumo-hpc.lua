@@ -1,14 +1,14 @@
--- pneumo-hpc 0.1.0: Lmod modulefile.
--- Installed by `make module-install` from modules/pneumo-hpc/0.1.0.lua (template in the pneumo-hpc sources).
+-- pneumo-hpc @VERSION@: Lmod modulefile.
+-- Installed by `make module-install` from modules/pneumo-hpc/template.lua (in the pneumo-hpc sources).
 --   source:   @REPO@
 --   image:    none (the native install below)
 --   sha256:   -
 --   native:   @VENV@ (used when no image is set)
---   wrappers: @TMP@/apps/pneumo-hpc/0.1.0/bin
+--   wrappers: @TMP@/apps/pneumo-hpc/@VERSION@/bin
 -- Edit by re-running `make module-install`, not by hand.
 
 help([[
-pneumo-hpc 0.1.0: train and measure pneumonia classifiers (small CNN, resnet18) and YOLOv8n
+pneumo-hpc @VERSION@: train and measure pneumonia classifiers (small CNN, resnet18) and YOLOv8n
 detectors on RSNA Pneumonia Detection Challenge chest X-rays, serial to multi-node.
 
 `pneumo-hpc` runs in the Apptainer image named by PNEUMO_HPC_SIF (with --nv when this node has
@@ -26,14 +26,14 @@ Please cite the software and the RSNA dataset (CITATION.cff in the sources).
 ]])
 
 whatis("Name: pneumo-hpc")
-whatis("Version: 0.1.0")
+whatis("Version: @VERSION@")
 whatis("Category: machine learning, medical imaging, HPC")
 whatis("Description: pneumonia classifiers and detectors on RSNA chest X-rays with DDP/FSDP, MPI and SLURM")
 whatis("License: MIT")
 
 conflict(myModuleName())
 
-local root = "@TMP@/apps/pneumo-hpc/0.1.0"
+local root = "@TMP@/apps/pneumo-hpc/@VERSION@"
 local sif = ""
 
 setenv("PNEUMO_HPC_ROOT", root)

@@ -1,15 +1,15 @@
 #%Module1.0
-## pneumo-hpc 0.1.0: Tcl modulefile (Environment Modules; Lmod reads it too). Twin of 0.1.0.lua.
-## Installed by `make module-install MODULE_FORMAT=tcl` from modules/pneumo-hpc/0.1.0 (template in the sources).
+## pneumo-hpc @VERSION@: Tcl modulefile (Environment Modules; Lmod reads it too). Twin of the Lua one.
+## Installed by `make module-install MODULE_FORMAT=tcl` from modules/pneumo-hpc/template.tcl (in the sources).
 ##   source:   @REPO@
 ##   image:    none (the native install below)
 ##   sha256:   -
 ##   native:   @VENV@ (used when no image is set)
-##   wrappers: @TMP@/apps/pneumo-hpc/0.1.0/bin
+##   wrappers: @TMP@/apps/pneumo-hpc/@VERSION@/bin
 ## Edit by re-running `make module-install`, not by hand.
 
 proc ModulesHelp { } {
-    puts stderr "pneumo-hpc 0.1.0: train and measure pneumonia classifiers (small CNN, resnet18) and YOLOv8n"
+    puts stderr "pneumo-hpc @VERSION@: train and measure pneumonia classifiers (small CNN, resnet18) and YOLOv8n"
     puts stderr "detectors on RSNA Pneumonia Detection Challenge chest X-rays, serial to multi-node."
     puts stderr ""
     puts stderr "`pneumo-hpc` runs in the Apptainer image named by PNEUMO_HPC_SIF (with --nv when this node has"
@@ -27,14 +27,14 @@ proc ModulesHelp { } {
 }
 
 module-whatis "Name: pneumo-hpc"
-module-whatis "Version: 0.1.0"
+module-whatis "Version: @VERSION@"
 module-whatis "Category: machine learning, medical imaging, HPC"
 module-whatis "Description: pneumonia classifiers and detectors on RSNA chest X-rays with DDP/FSDP, MPI and SLURM"
 module-whatis "License: MIT"
 
 conflict pneumo-hpc
 
-set root "@TMP@/apps/pneumo-hpc/0.1.0"
+set root "@TMP@/apps/pneumo-hpc/@VERSION@"
 set sif ""
 
 setenv PNEUMO_HPC_ROOT $root
