@@ -33,6 +33,12 @@ def metrics(run_dir):
     return json.loads((Path(run_dir) / "metrics.json").read_text())
 
 
+def epochs(a: dict, b: dict):
+    """The two runs' epoch records side by side; both must have all of them (zip alone would stop early)."""
+    assert len(a["history"]) == len(b["history"]) == a["epochs"], (len(a["history"]), len(b["history"]))
+    return zip(a["history"], b["history"])
+
+
 @pytest.fixture(scope="module")
 def serial_run(prep, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "serial"
@@ -59,7 +65,7 @@ def test_prefetch_changes_nothing_but_when_batches_are_made(serial_run, prep, tm
     run(cli("train", "--data", prep, *TRAIN, "--no-prefetch", "--out", out))
     inline, ahead = metrics(out), metrics(serial_run)
     assert (inline["prefetch"], ahead["prefetch"]) == (False, True)
-    for a, b in zip(inline["history"], ahead["history"]):
+    for a, b in epochs(inline, ahead):
         assert (a["train_loss"], a["val_loss"]) == (b["train_loss"], b["val_loss"]), (a, b)
 
 
@@ -80,9 +86,42 @@ def test_two_ranks_match_serial(strategy, serial_run, prep, tmp_path):
     assert (m["strategy"], m["world_size"], m["backend"], m["launcher"]) == (strategy, 2, "gloo", "torchrun")
     assert m["local_batch_size"] == 8 and m["batch_size"] == s["batch_size"]
     assert abs(m["accuracy"] - s["accuracy"]) <= 0.015, (m["accuracy"], s["accuracy"])
-    for a, b in zip(m["history"], s["history"]):  # the loss curves agree, not only the end point
+    for a, b in epochs(m, s):  # the loss curves agree, not only the end point
         assert abs(a["train_loss"] - b["train_loss"]) < 2e-3, (a, b)
     assert m["grad_compress"] == "none"  # exact fp32 gradient averaging unless asked otherwise
+
+
+STEP_PHASES = ("data_s", "compute_s", "comm_s", "optimizer_s", "other_s")
+
+
+def check_breakdown(m: dict) -> dict:
+    """Every epoch's seconds per phase: none negative, the step phases add up to the epoch's training time."""
+    keys = {"data_s", "compute_s", "comm_s", "optimizer_s", "checkpoint_s", "eval_s", "other_s"}
+    for h in m["history"]:
+        b = h["time_breakdown"]
+        assert set(b) == keys and min(b.values()) >= 0, b
+        assert abs(sum(b[k] for k in STEP_PHASES) - h["epoch_time_s"]) < 0.01 * h["epoch_time_s"] + 2e-3, (b, h)
+        assert b["compute_s"] > 0 and b["eval_s"] > 0 and b["checkpoint_s"] > 0, b
+    total = m["time_breakdown"]
+    for k in keys:
+        assert abs(total[k] - sum(h["time_breakdown"][k] for h in m["history"])) < 1e-3, k
+    return total
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_time_breakdown_splits_out_communication(strategy, serial_run, prep, tmp_path):
+    """Serial spends nothing on communication; 2 ranks wait for theirs after backward, and it is recorded."""
+    serial = check_breakdown(metrics(serial_run))
+    assert serial["comm_s"] == 0, serial
+    run(torchrun(2, "train", "--data", prep, *TRAIN, "--strategy", strategy, "--out", tmp_path / "on"))
+    timed = check_breakdown(metrics(tmp_path / "on"))
+    assert timed["comm_s"] > 0, timed
+    run(torchrun(2, "train", "--data", prep, *TRAIN, "--strategy", strategy, "--no-time-breakdown",
+                 "--out", tmp_path / "off"))
+    on, off = metrics(tmp_path / "on"), metrics(tmp_path / "off")
+    assert off["time_breakdown"] is None and "time_breakdown" not in off["history"][0]
+    for a, b in epochs(on, off):  # measuring changes no number the training computes
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-6 and abs(a["val_loss"] - b["val_loss"]) < 1e-6, (a, b)
 
 
 def test_bf16_fsdp_computes_what_ddp_computes(prep, tmp_path):
@@ -92,7 +131,7 @@ def test_bf16_fsdp_computes_what_ddp_computes(prep, tmp_path):
         run(torchrun(2, "train", "--data", prep, *args, "--strategy", strategy, "--out", tmp_path / strategy))
     ddp, fsdp = metrics(tmp_path / "ddp"), metrics(tmp_path / "fsdp")
     assert ddp["compute_dtype"] == fsdp["compute_dtype"] == "bf16"
-    for a, b in zip(ddp["history"], fsdp["history"]):
+    for a, b in epochs(ddp, fsdp):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-5 and abs(a["val_loss"] - b["val_loss"]) < 1e-5, (a, b)
 
 
@@ -126,7 +165,7 @@ def test_interrupted_then_resumed_matches_uninterrupted(strategy, ranks, serial_
     reference = metrics(serial_run)
     assert len(resumed["history"]) == 4
     assert abs(resumed["accuracy"] - reference["accuracy"]) <= 0.015
-    for a, b in zip(resumed["history"], reference["history"]):
+    for a, b in epochs(resumed, reference):
         assert abs(a["train_loss"] - b["train_loss"]) < 2e-3, (a, b)
 
 

@@ -47,10 +47,13 @@ def _fail(exc: Exception):
 @click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True),
               help="Also report an operating threshold chosen on the validation set for this sensitivity, e.g. 0.9 "
                    "(operating_threshold, operating_sensitivity, operating_specificity); `threshold` stays 0.5.")
+@click.option("--time-breakdown/--no-time-breakdown", default=True, show_default=True,
+              help="Record where each epoch's seconds went (data, compute, communication, optimizer, checkpoint, "
+                   "evaluation) in metrics.json time_breakdown.")
 @click.option("--stop-after-steps", type=int, hidden=True)
 def train(data, model, weights, epochs, batch_size, lr, weight_decay, strategy, backend, device, precision, grad_compress,
           augment, prefetch, compile_, channels_last, seed, out, resume, results, label, timeout_s, stop_after_steps,
-          target_sensitivity):
+          target_sensitivity, time_breakdown):
     """Train the pneumonia classifier (serial, DDP or FSDP; any launcher)."""
     from pneumo_hpc.classify.config import DataConfig, ModelConfig, OptimConfig, ParallelConfig, RunConfig, TrainConfig
     from pneumo_hpc.classify.train import train as run_train
@@ -63,40 +66,13 @@ def train(data, model, weights, epochs, batch_size, lr, weight_decay, strategy, 
                                 compile=compile_, channels_last=channels_last, grad_compress=grad_compress,
                                 timeout_s=timeout_s),
         run=RunConfig(out=out, seed=seed, resume=resume, results=results, label=label,
-                      stop_after_steps=stop_after_steps, target_sensitivity=target_sensitivity),
+                      stop_after_steps=stop_after_steps, target_sensitivity=target_sensitivity,
+                      time_breakdown=time_breakdown),
     )
     try:
         run_train(cfg)
     except (ValueError, FileNotFoundError) as exc:
         _fail(exc)
-
-
-def load_classifier(run_dir: Path, device: str = "cpu"):
-    """(model in eval mode, meta) from RUN/checkpoint/model.pt."""
-    from pneumo_hpc.classify.checkpoint import load_model_file
-    from pneumo_hpc.classify.models import build_model
-
-    state, meta = load_model_file(run_dir)
-    model = build_model(meta["model"], size=meta["size"])
-    model.load_state_dict(state)
-    return model.to(device).eval(), meta
-
-
-def evaluate_run(run_dir: Path, data: Path, split: str = "val", device: str = "cpu",
-                 target_sensitivity: float | None = None) -> dict:
-    import torch
-
-    from pneumo_hpc.data.layout import load_split
-    from pneumo_hpc.classify.parallel import Plan
-    from pneumo_hpc.classify.train import evaluate_split
-
-    model, meta = load_classifier(run_dir, device)
-    # same arithmetic as training's own validation, so a re-score reproduces metrics.json
-    plan = Plan("serial", 1, 0, 1, torch.device(device), bf16=meta.get("compute_dtype") == "bf16",
-                channels_last=bool(meta.get("channels_last", False)))
-    metrics = evaluate_split(model, load_split(data, split), plan, target_sensitivity=target_sensitivity)
-    return {"run": str(run_dir), "data": str(data), "split": split, "model": meta["model"],
-            "strategy": meta["strategy"], **metrics}
 
 
 @click.command()
@@ -110,6 +86,7 @@ def evaluate_run(run_dir: Path, data: Path, split: str = "val", device: str = "c
 def evaluate(run_dir, data, split, device, target_sensitivity):
     """Re-score a trained checkpoint; writes RUN/eval.json and prints it."""
     from pneumo_hpc.atomic import write_text
+    from pneumo_hpc.classify.evaluate import evaluate_run
 
     try:
         metrics = evaluate_run(run_dir, data, split, device, target_sensitivity)
@@ -128,6 +105,7 @@ def selftest(keep):
     from pneumo_hpc.classify.config import DataConfig, OptimConfig, RunConfig, TrainConfig
     from pneumo_hpc.data.preprocess import PreprocessConfig, run_preprocess
     from pneumo_hpc.data.synth import generate
+    from pneumo_hpc.classify.evaluate import evaluate_run
     from pneumo_hpc.classify.train import train as run_train
 
     with tempfile.TemporaryDirectory(prefix="pneumo-selftest-") as tmp:

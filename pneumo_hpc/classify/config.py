@@ -64,6 +64,7 @@ class RunConfig:
     label: str | None = None  # the configuration's name in the report, e.g. "2-CPU DDP"
     stop_after_steps: int | None = None  # test hook: behave as if signalled after this many steps
     sync_every: int = 10  # steps between stop-flag agreements across ranks
+    time_breakdown: bool = True  # seconds per phase of every epoch (metrics.json time_breakdown)
     # also report an operating threshold chosen on the validation set for this sensitivity (None: 0.5 only)
     target_sensitivity: float | None = None
 

@@ -41,7 +41,9 @@ class Plan:
     def precision(self) -> str:
         return "bf16" if self.bf16 else "fp32"
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module, timer=None) -> nn.Module:
+        """The model placed, laid out and wrapped for the strategy; `timer` (classify.timing.StepTimer) gets the
+        marks that split communication out of the backward pass."""
         model = model.to(self.device)
         if self.channels_last and self.strategy != "fsdp":
             model = model.to(memory_format=torch.channels_last)
@@ -52,9 +54,9 @@ class Plan:
             # parameters included, is the one measured against the anchor.
             model.register_forward_pre_hook(_channels_last_input)
         if self.strategy == "ddp":
-            return apply_ddp(model, self.device, compress=self.grad_compress == "bf16")
+            return apply_ddp(model, self.device, compress=self.grad_compress == "bf16", timer=timer)
         if self.strategy == "fsdp":
-            return apply_fsdp(model, self.device, self.world_size, self.bf16)
+            return apply_fsdp(model, self.device, self.world_size, self.bf16, timer=timer)
         return model
 
     def autocast(self):
@@ -85,21 +87,27 @@ def bf16_is_fast(device: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags  # without these, CPU bf16 is emulated and slower
 
 
-def apply_ddp(model: nn.Module, device: torch.device, compress: bool = False) -> nn.Module:
+def apply_ddp(model: nn.Module, device: torch.device, compress: bool = False, timer=None) -> nn.Module:
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     # gradients live in the all-reduce buckets (no copy per step); the graph never changes between steps
     ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
               gradient_as_bucket_view=True, static_graph=True)
-    if compress:
-        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+    # bf16: half the bytes on the wire, at the price of rounding every gradient to bf16 before it is averaged
+    send = default_hooks.bf16_compress_hook if compress else default_hooks.allreduce_hook
+    if timer is not None and timer.enabled:
+        def timed(state, bucket, send=send):
+            timer.comm_ready()  # the last bucket's call is the end of backward compute
+            return send(state, bucket)
 
-        # half the bytes on the wire, at the price of rounding every gradient to bf16 before it is averaged
-        ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
+        ddp.register_comm_hook(None, timed)
+    elif compress:
+        ddp.register_comm_hook(None, send)
     return ddp
 
 
-def apply_fsdp(model: nn.Module, device: torch.device, world_size: int, bf16: bool) -> nn.Module:
+def apply_fsdp(model: nn.Module, device: torch.device, world_size: int, bf16: bool, timer=None) -> nn.Module:
     """FSDP2: shard each parameterised leaf block, then the root (which holds whatever is left)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -120,7 +128,23 @@ def apply_fsdp(model: nn.Module, device: torch.device, world_size: int, bf16: bo
         # of MB and saves the second all-gather of every step (docs/performance.md)
         fully_shard(block, mesh=mesh, mp_policy=fp32 if fp32_block else mp, reshard_after_forward=False)
     fully_shard(model, mesh=mesh, mp_policy=mp)
+    if timer is not None and timer.enabled:
+        _time_fsdp(model, blocks, timer)
     return model
+
+
+def _time_fsdp(model: nn.Module, blocks: list[nn.Module], timer) -> None:
+    # FSDP2's own pre-forward (unshard, then wait for the all-gather) runs between a hook put before it and one after
+    for module in (model, *blocks):
+        module.register_forward_pre_hook(lambda *_: timer.comm_span(True), prepend=True)
+        module.register_forward_pre_hook(lambda *_: timer.comm_span(False))
+    if blocks:
+        # the first block's output gradient: what is left of backward is its weight gradient and the reduce-scatters
+        def mark(module, args, output):
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                output.register_hook(lambda grad: timer.comm_ready())
+
+        blocks[0].register_forward_hook(mark)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

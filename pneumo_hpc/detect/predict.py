@@ -98,7 +98,7 @@ class ClassifierGate:
     """Probability of pneumonia from a classifier run (`pneumo-hpc train --out RUN`)."""
 
     def __init__(self, run_dir: Path, device: str, threshold: float | None):
-        from pneumo_hpc.classify.commands import load_classifier
+        from pneumo_hpc.classify.evaluate import load_classifier
 
         self.torch_device = "cpu" if device == "cpu" else f"cuda:{device.split(',')[0]}"
         self.model, self.meta = load_classifier(Path(run_dir), device=self.torch_device)
