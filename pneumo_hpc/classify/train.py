@@ -39,7 +39,7 @@ from pneumo_hpc.classify.models import build_model
 from pneumo_hpc.classify.parallel import Plan
 from pneumo_hpc.classify.prefetch import Prefetch, idle_priority_available
 from pneumo_hpc.data.layout import Split, load_split
-from pneumo_hpc.report.record import append_result
+from pneumo_hpc.report.record import append_result, classifier_record
 from pneumo_hpc.runtime.dist import hosts as rank_hosts
 from pneumo_hpc.runtime.dist import print0
 from pneumo_hpc.runtime.host_memory import keep_freed_memory
@@ -112,6 +112,7 @@ class Run:
     stop: StopFlag
     threads: int
     host_malloc: Any
+    n_params: int  # the whole model's, not a shard's
     meta: dict  # written into every checkpoint beside the state
     val_prob: dict = field(default_factory=dict)
 
@@ -202,7 +203,8 @@ def _setup(cfg: TrainConfig, ctx) -> Run:
                ckpt=Checkpointer(run_dir, plan.strategy, ctx.is_main), sampler=sampler, steps=steps,
                # a GPU's batches are kernels queued behind the step already; metrics.json says whether it ran
                prefetch=cfg.data.prefetch and not on_device and idle_priority_available(),
-               timer=timer, stop=StopFlag(), threads=threads, host_malloc=host_malloc, meta=meta)
+               timer=timer, stop=StopFlag(), threads=threads, host_malloc=host_malloc,
+               n_params=sum(p.numel() for p in raw.parameters()), meta=meta)
 
 
 def _sampler(cfg: TrainConfig, plan: Plan, train_set: Split):
@@ -353,22 +355,20 @@ def _record(run: Run, state: TrainState, wall_s: float) -> dict:
     spent = timing.empty()
     for epoch in state.history:
         timing.add(spent, epoch.get("time_breakdown", {}))
-    metrics = {
-        "kind": "classifier", "model": cfg.model.name, "strategy": plan.strategy, "backend": ctx.backend,
-        "launcher": ctx.launcher, "world_size": plan.world_size, "nodes": len(set(hosts)), "hosts": hosts,
-        "device": plan.device.type,
-        "compute_dtype": plan.precision, "grad_compress": plan.grad_compress if plan.strategy == "ddp" else "none",
-        "compile": cfg.parallel.compile, "threads_per_rank": run.threads, "cpu_bind": ctx.cpu_bind,
-        "prefetch": run.prefetch, "host_malloc": run.host_malloc,
-        "epochs": o.epochs, "batch_size": o.batch_size, "local_batch_size": plan.local_batch, "lr": o.lr,
-        "train_time_s": round(state.train_time_s, 4), "wall_time_s": round(wall_s, 4),
-        "samples_per_s": round(samples / state.train_time_s, 2),
+    metrics = classifier_record(
+        label=cfg.run.label, model=cfg.model.name, strategy=plan.strategy, backend=ctx.backend,
+        launcher=ctx.launcher, world_size=plan.world_size, nodes=len(set(hosts)), hosts=hosts,
+        device=plan.device.type, compute_dtype=plan.precision,
+        grad_compress=plan.grad_compress if plan.strategy == "ddp" else "none", compile=cfg.parallel.compile,
+        threads_per_rank=run.threads, cpu_bind=ctx.cpu_bind, prefetch=run.prefetch, host_malloc=run.host_malloc,
+        n_params=run.n_params, epochs=o.epochs, batch_size=o.batch_size, local_batch_size=plan.local_batch,
+        lr=o.lr, train_time_s=round(state.train_time_s, 4), wall_time_s=round(wall_s, 4),
+        samples_per_s=round(samples / state.train_time_s, 2),
+        time_breakdown=timing.rounded(spent) if run.timer.enabled else None,
         **{k: final[k] for k in REPORTED_KEYS if k in final},
-        "time_breakdown": timing.rounded(spent) if run.timer.enabled else None,
-        "n_train": len(run.train_set), "n_val": len(run.val_set), "size": run.train_set.size, "seed": cfg.run.seed,
-        "data": str(Path(cfg.data.path).resolve()), "run_dir": str(Path(cfg.run.out).resolve()),
-        "config": cfg.run.label, "history": state.history, "version": __version__,
-    }
+        n_train=len(run.train_set), n_val=len(run.val_set), size=run.train_set.size, seed=cfg.run.seed,
+        data=str(Path(cfg.data.path).resolve()), run_dir=str(Path(cfg.run.out).resolve()),
+        history=state.history, version=__version__)
     if ctx.is_main:
         _write_record(run, metrics)
     return metrics
