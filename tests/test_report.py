@@ -210,9 +210,9 @@ def test_cli_writes_markdown_csv_and_plots(tmp_path):
     out = tmp_path / "report"
     result = CliRunner().invoke(main, ["report", str(jsonl), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["accuracy.png", "report.csv", "report.md", "speedup.png",
-                                                     "time.png"]  # no temp files left behind
-    for name in ("speedup.png", "time.png", "accuracy.png"):
+    assert sorted(p.name for p in out.iterdir()) == ["accuracy.png", "report.csv", "report.md", "scaling_model.png",
+                                                     "speedup.png", "time.png"]  # no temp files left behind
+    for name in ("speedup.png", "time.png", "accuracy.png", "scaling_model.png"):
         _check_png(out / name)
 
     table = pd.read_csv(out / "report.csv")

@@ -5,6 +5,7 @@
     runs.py           a record -> the fields a report reads, validated; configuration labels
     table.py          runs -> one row per configuration: baseline, speedup, efficiency, time breakdown; report.csv
     amdahl.py         Amdahl's law fitted per series
+    scaling_model.py  step time, speedup and efficiency predicted to 1024 workers from an alpha-beta network model
     markdown.py       rows -> report.md
     plots.py          rows -> the PNG plots
     write.py          write_report: all of it into one directory

@@ -4,7 +4,10 @@
     text = render_markdown(rows, fits, ["runs/results.jsonl"], plots=["speedup.png", "time.png", "accuracy.png"])
 """
 from pneumo_hpc.report import reference as ref
+from pneumo_hpc.report.amdahl import amdahl_speedup
 from pneumo_hpc.report.record import BREAKDOWN_KEYS
+from pneumo_hpc.report.runs import SERIES_KEYS
+from pneumo_hpc.report.scaling_model import WORKERS, cost_hours
 
 # Published figures on the REAL RSNA Pneumonia Detection Challenge data, shown beside the synthetic demo's
 # (never compared as if the data were the same): the reference study's table lives in pneumo_hpc.report.reference.
@@ -166,6 +169,49 @@ def _amdahl_section(fits) -> list[str]:
     return ["", "## Amdahl's law", "",
             "S(n) = 1 / (f + (1 - f) / n) fitted per series (least squares, f in [0, 1]), for series whose "
             "baseline ran on the same device type.", "", fits_table(fits)]
+
+
+def _assumptions(m) -> str:
+    beta = (f"beta {m.grad_bytes / m.beta_s / 1e9:.3g} GB/s for {m.grad_bytes / 1e6:.3g} MB of gradient"
+            if m.grad_bytes and m.beta_s else "gradient bytes unknown")
+    hidden = (f"overlap {100 * m.overlap:.0f} % (from the runs' time breakdown)" if m.source == "given"
+              else "overlap folded into the fit (it fits the exposed communication)")
+    split = (f"of which {m.replicated_s:.3g} s is the DDP optimizer step every rank repeats" if m.replicated_s
+             else "all of it divided among the workers")
+    return (f"serial step {m.parallel_s + m.replicated_s:.4g} s, {split}; alpha {1e6 * m.alpha_s:.3g} us per hop, "
+            f"tau {1e3 * m.beta_s:.3g} ms per gradient message ({beta}); {hidden}; network {m.source}.")
+
+
+def scaling_model_section(models, fits) -> list[str]:
+    """Predicted step time, speedup and efficiency per series for 1..1024 workers, the assumptions beside them."""
+    if not models:
+        return []
+    parts = ["", "## Scaling model", "",
+             "step(W) = parallel / W + replicated + (1 - overlap) (2 (W-1)/W tau + 2 (W-1) alpha): the ring "
+             "all-reduce (DDP) or all-gather + reduce-scatter (FSDP) of the gradient, with tau = bytes / bandwidth "
+             "and alpha the latency of one hop (pneumo_hpc/report/scaling_model.py). A prediction far beyond the "
+             "measured worker counts extrapolates the network: a real cluster's alpha and beta change between "
+             "one node and many."]
+    for m in models:
+        f = next((fit["f"] for fit in fits if tuple(fit[k] for k in SERIES_KEYS) == m.key), None)
+        measured = dict(m.measured)
+        lines = [[w, fmt(float(m.step_s(w)), ".4g", " s"), fmt(float(m.speedup(w)), ".2f", "x"),
+                  fmt(float(m.efficiency(w)), ".2f"),
+                  fmt(None if f is None else float(amdahl_speedup(f, w)), ".2f", "x"),
+                  fmt(measured.get(w), ".2f", "x")] for w in sorted(set(WORKERS) | set(measured))]
+        parts += ["", f"### {m.series}", "", "Assumptions: " + _assumptions(m), "",
+                  md_table(["workers", "step", "speedup", "efficiency", "Amdahl fit", "measured"], lines)]
+    return parts
+
+
+def cost_section(rows) -> list[str]:
+    lines = [[r["configuration"], r["device"], r["workers"], fmt(r["train_time_s"], ".1f", " s"),
+              f"{c[0]:.4g} {c[1]}"] for r in rows if (c := cost_hours(r))]
+    if not lines:
+        return []
+    return ["", "## Cost", "", md_table(["configuration", "device", "workers", "training time", "cost"], lines), "",
+            "train_time_s x workers / 3600 for one run (the mean of the configuration's runs): a CPU worker is one "
+            "rank, whatever cores it used."]
 
 
 def render_markdown(rows, fits, sources, baseline=None, reference=True, plots=(), extra=()) -> str:

@@ -1,4 +1,4 @@
-"""Table rows -> the report's PNG plots: speedup, time, accuracy, ROC/PR curves, the time breakdown.
+"""Table rows -> the report's PNG plots: speedup, time, accuracy, ROC/PR curves, time breakdown, scaling model.
 
     from pneumo_hpc.report.plots import plot_speedup
     png = plot_speedup(rows, fits)   # bytes
@@ -201,4 +201,38 @@ def plot_curves(rows) -> bytes | None:
     for ax in (roc_ax, pr_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left" if ax is pr_ax else "lower right")
+    return figure_png(fig)
+
+
+def plot_scaling_model(models, fits) -> bytes | None:
+    """Predicted speedup per series for 1..1024 workers, beside its measured points and Amdahl fit."""
+    import matplotlib
+    import matplotlib.ticker
+    from matplotlib.figure import Figure
+
+    if not models:
+        return None
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.add_subplot()
+    n = np.logspace(0, 10, 200, base=2)
+    ax.plot(n, n, color="0.6", linestyle=":", label="ideal (S = n)")
+    colors = iter(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"] * 4)
+    for m in models:
+        color = next(colors)
+        ax.plot(n, m.speedup(n), "-", color=color, label=f"{m.series}: model ({m.source.split(' ')[0]})")
+        ax.plot(*zip(*m.measured), "o", color=color, label=f"{m.series}: measured")
+        for fit in fits:
+            if tuple(fit[k] for k in SERIES_KEYS) == m.key:
+                ax.plot(n, amdahl_speedup(fit["f"], n), "--", color=color, linewidth=1,
+                        label=f"Amdahl fit f = {fit['f']:.3f}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_ylim(0.5, 1024)
+    ax.set_xlabel("workers")
+    ax.set_ylabel("speedup vs serial")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title("Scaling model: predicted speedup, 1 to 1024 workers")
     return figure_png(fig)

@@ -26,7 +26,7 @@ from pneumo_hpc.report.provenance import hardware_info, own_revision
 
 METRICS_NAME = "metrics.json"
 SOURCE_KEY = "_source"  # "file:line" added by load_results so reports can say where a bad record came from
-RECORD_VERSION = 1  # 1: record_version, label, time_breakdown; detectors' samples_per_s and batch_size
+RECORD_VERSION = 1  # 1: record_version, label, time_breakdown, n_params; detectors' samples_per_s and batch_size
 
 # Summed over a run's epochs at the top level, one epoch's in each history entry: seconds.
 BREAKDOWN_KEYS = ("data_s", "compute_s", "comm_s", "optimizer_s", "checkpoint_s", "eval_s", "other_s")
@@ -38,7 +38,7 @@ _VALIDATION_KEYS = ("accuracy", "precision", "recall", "f1", "sensitivity", "spe
 CLASSIFIER_KEYS = (
     "kind", "record_version", "model", "strategy", "backend", "launcher", "world_size", "nodes", "hosts",
     "device", "compute_dtype", "grad_compress", "compile", "threads_per_rank", "cpu_bind", "prefetch",
-    "host_malloc", "epochs", "batch_size", "local_batch_size", "lr", "train_time_s", "wall_time_s",
+    "host_malloc", "n_params", "epochs", "batch_size", "local_batch_size", "lr", "train_time_s", "wall_time_s",
     "samples_per_s", "time_breakdown", *_VALIDATION_KEYS, "n_train", "n_val", "size", "seed", "data", "run_dir",
     "config", "label", "history", "version")
 DETECTOR_KEYS = (

@@ -17,8 +17,8 @@ SERIES_KEYS = GROUP_KEYS + ("strategy", "device", "compute_dtype", "compile")  #
 CLINICAL_FIELDS = ("sensitivity", "specificity", "pr_auc", "all_negative_accuracy", "target_sensitivity",
                    "operating_threshold", "operating_sensitivity", "operating_specificity")
 _SCORE_FIELDS = ("map50", "map50_95", "rsna_map", "precision", "recall", "f1", "roc_auc") + CLINICAL_FIELDS
-_TEXT_FIELDS = ("data", "launcher", "backend", "compute_dtype", "compile", "batch_size", "run_dir", "timestamp",
-                "git_revision")
+_PLAIN_FIELDS = ("data", "launcher", "backend", "compute_dtype", "compile", "batch_size", "run_dir", "timestamp",
+                 "git_revision", "n_train", "n_params", "grad_compress")
 
 
 class ReportError(ValueError):
@@ -82,7 +82,7 @@ def normalize(record: dict) -> dict:
     model = record.get("model") if kind == "classifier" else Path(str(record.get("model") or "yolov8n")).stem.lower()
     device = str(record.get("device") or "cpu")
     nodes = number(record, "nodes", where, integer=True) or 1
-    run = {k: record.get(k) for k in _TEXT_FIELDS}
+    run = {k: record.get(k) for k in _PLAIN_FIELDS}
     run.update({
         "kind": kind, "model": model, "epochs": number(record, "epochs", where), "strategy": strategy,
         "device": device, "workers": workers, "nodes": nodes, "source": where,

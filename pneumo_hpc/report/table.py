@@ -63,7 +63,7 @@ def _row(key, members):
         row[field] = mean(m[field] for m in members)
     times = [m["train_time_s"] for m in members if m["train_time_s"] is not None]
     row["train_time_std_s"] = statistics.stdev(times) if len(times) > 1 else None
-    for field in ("batch_size", "confusion_matrix", "target_sensitivity"):
+    for field in ("batch_size", "confusion_matrix", "target_sensitivity", "n_train", "n_params", "grad_compress"):
         row[field] = members[-1].get(field)
     row["git_revision"] = ";".join(sorted({str(m["git_revision"]) for m in members if m["git_revision"]})) or None
     row["time_breakdown"] = breakdown_per_epoch(members)
