@@ -49,8 +49,8 @@ def synth(out, n, seed, image_size, test_n, workers):
 def preprocess(rsna_dir, out, size, yolo_size, val_frac, seed, balance, workers, cluster, no_yolo, chunk_size,
                interface):
     """Decode and resize the RSNA images into classifier arrays and a YOLO set, with a quarantine report."""
-    from pneumo_hpc.data.preprocess import ClusterError, PreprocessConfig, run_preprocess
-    from pneumo_hpc.data.rsna import DataError
+    from pneumo_hpc.data import ClusterError, DataError
+    from pneumo_hpc.data.preprocess import PreprocessConfig, run_preprocess
 
     cfg = PreprocessConfig(rsna=rsna_dir, out=out, size=size, yolo_size=yolo_size, val_frac=val_frac, seed=seed,
                            balance=balance, workers=workers, cluster=cluster, yolo=not no_yolo,

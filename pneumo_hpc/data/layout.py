@@ -1,5 +1,14 @@
-"""The classifier set written by `pneumo-hpc preprocess`: PREP/classifier/{split}_images.npy (uint8 N x S x S),
-{split}_labels.npy (uint8 N, Target) and {split}.csv (patientId,Target,class in the same order)."""
+"""The preprocessed layout, defined once: `pneumo-hpc preprocess` writes it through these functions and training
+reads it through `load_split`.
+
+    PREP/classifier/{split}_images.npy   uint8 (N, S, S)
+    PREP/classifier/{split}_labels.npy   uint8 (N,), Target
+    PREP/classifier/{split}.csv          patientId,Target,class in the same order
+    PREP/yolo/                           the YOLO tree (data/yolo.py)
+    PREP/quarantine.csv, unlabelled.csv  what was left out, and why
+    PREP/manifest.json                   written last: a PREP without it is incomplete
+    PREP/run.json                        timings, workers, cache hits (differs run to run)
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,9 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumo_hpc.atomic import write_csv, write_with
+from pneumo_hpc.data import DataError
 
-class DataError(ValueError):
-    pass
+CLASSIFIER_DIR = "classifier"
+MANIFEST = "manifest.json"
+RUN_RECORD = "run.json"
+QUARANTINE = "quarantine.csv"
+UNLABELLED = "unlabelled.csv"
+CSV_COLUMNS = ["patientId", "Target", "class"]
 
 
 @dataclass
@@ -26,10 +41,23 @@ class Split:
         return int(self.images.shape[-1])
 
 
+def split_paths(prep: Path, split: str) -> tuple[Path, Path, Path]:
+    """(images .npy, labels .npy, .csv) of one split."""
+    base = Path(prep) / CLASSIFIER_DIR
+    return base / f"{split}_images.npy", base / f"{split}_labels.npy", base / f"{split}.csv"
+
+
+def write_split(prep: Path, split: str, images: np.ndarray, labels: np.ndarray, rows: list[tuple]) -> None:
+    """One split's arrays and CSV (rows: patientId, Target, class), each written atomically."""
+    images_path, labels_path, csv_path = split_paths(prep, split)
+    images_path.parent.mkdir(parents=True, exist_ok=True)
+    write_with(images_path, lambda f: np.save(f, images))
+    write_with(labels_path, lambda f: np.save(f, labels))
+    write_csv(csv_path, CSV_COLUMNS, rows)
+
+
 def load_split(prep: Path, split: str) -> Split:
-    base = Path(prep) / "classifier"
-    images_path, labels_path, csv_path = (base / f"{split}_images.npy", base / f"{split}_labels.npy",
-                                          base / f"{split}.csv")
+    images_path, labels_path, csv_path = split_paths(prep, split)
     for p in (images_path, labels_path):
         if not p.is_file():
             raise DataError(f"{p}: missing. Is {prep} the --out of `pneumo-hpc preprocess`?")

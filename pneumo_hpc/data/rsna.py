@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pneumo_hpc.data import DataError
+
 LABELS_CSV = "stage_2_train_labels.csv"
 CLASS_CSV = "stage_2_detailed_class_info.csv"
 TRAIN_IMAGES = "stage_2_train_images"
@@ -29,10 +31,6 @@ CLASS_COLUMNS = ("patientId", "class")
 BOX_COLUMNS = ("x", "y", "width", "height")
 
 Box = tuple[float, float, float, float]  # x, y (top-left), width, height in pixels of the original image
-
-
-class DataError(ValueError):
-    """A label file that cannot be used at all; the message names the file and what is wrong."""
 
 
 @dataclass(frozen=True)
