@@ -23,11 +23,17 @@ COMMANDS = {
     "train": "pneumo_hpc.classify.commands:train",
     "evaluate": "pneumo_hpc.classify.commands:evaluate",
     "selftest": "pneumo_hpc.classify.commands:selftest",
+    "classify": "pneumo_hpc.classify.commands:classify",
     "env": "pneumo_hpc.runtime.commands:env",
     "detect": "pneumo_hpc.detect.commands:detect",
     "predict": "pneumo_hpc.detect.commands:predict",
     "report": "pneumo_hpc.report.commands:report",
 }
+
+
+def fail(exc: Exception):
+    """A library error as a click error: its message (which names the file or setting) and exit code 1."""
+    raise click.ClickException(str(exc)) from exc
 
 
 class LazyGroup(click.Group):

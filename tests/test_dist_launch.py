@@ -160,15 +160,15 @@ def test_lost_peer_fails_rank0_in_bounded_time(tmp_path, mode, timeout_s):
     procs = [subprocess.Popen([sys.executable, str(script), mode], env=tool_env(RANK=str(r), **common),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
              for r in (0, 1)]
-    t0 = time.monotonic()
     try:
         out0, _ = procs[0].communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("rank 0 still running 90 s after its peer died or stalled: the dead rank hung it")
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
             p.communicate()
-    elapsed = time.monotonic() - t0
     assert procs[0].returncode == 3, out0[-3000:]
     waited = float(out0.split("FAILED after ")[1].split(" s")[0])
     if mode == "die":
@@ -176,4 +176,3 @@ def test_lost_peer_fails_rank0_in_bounded_time(tmp_path, mode, timeout_s):
         assert waited < timeout_s / 2, out0[-3000:]  # the closed socket is noticed, not waited out
     else:
         assert timeout_s - 0.5 <= waited < timeout_s + 10, out0[-3000:]  # the timeout bounds the collective
-    assert elapsed < 60

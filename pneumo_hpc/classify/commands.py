@@ -8,10 +8,7 @@ from pathlib import Path
 import click
 
 from pneumo_hpc.classify.config import AUGMENTS, BACKENDS, GRAD_COMPRESS, MODELS, PRECISIONS, STRATEGIES
-
-
-def _fail(exc: Exception):
-    raise click.ClickException(str(exc)) from exc
+from pneumo_hpc.cli import fail
 
 
 @click.command()
@@ -19,7 +16,7 @@ def _fail(exc: Exception):
 @click.option("--model", type=click.Choice(MODELS), default="small-cnn", show_default=True)
 @click.option("--weights", type=click.Path(path_type=Path), help="resnet18: local torchvision weights file.")
 @click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Global batch (split over ranks).")
+@click.option("--batch-size", "--batch", "batch_size", type=int, default=32, show_default=True, help="Global batch (split over ranks).")
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="serial", show_default=True)
@@ -72,7 +69,7 @@ def train(data, model, weights, epochs, batch_size, lr, weight_decay, strategy, 
     try:
         run_train(cfg)
     except (ValueError, FileNotFoundError) as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @click.command()
@@ -91,7 +88,7 @@ def evaluate(run_dir, data, split, device, target_sensitivity):
     try:
         metrics = evaluate_run(run_dir, data, split, device, target_sensitivity)
     except (ValueError, FileNotFoundError) as exc:
-        _fail(exc)
+        fail(exc)
     write_text(Path(run_dir) / "eval.json", json.dumps(metrics, indent=1), durable=True)
     click.echo(json.dumps(metrics))
 
@@ -123,3 +120,13 @@ def selftest(keep):
                                "accuracy": metrics["accuracy"], "python": sys.version.split()[0]}))
         if not ok:
             raise SystemExit(1)
+
+
+@click.group()
+def classify():
+    """The classifier's commands by task, as `detect` groups the detector's: train, evaluate, selftest (the same
+    commands as the top-level ones)."""
+
+
+for _command in (train, evaluate, selftest):
+    classify.add_command(_command)

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumo_hpc.report.record import jsonable
+from pneumo_hpc.runtime import BACKENDS
 
 MODELS = ("small-cnn", "resnet18")
 STRATEGIES = ("serial", "ddp", "fsdp")
-BACKENDS = ("auto", "gloo", "nccl")
 PRECISIONS = ("auto", "fp32", "bf16")
 AUGMENTS = ("auto", "albumentations", "tensor", "none")
 GRAD_COMPRESS = ("none", "bf16")

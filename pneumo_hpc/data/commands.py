@@ -16,7 +16,8 @@ import click
 @click.option("--image-size", type=click.IntRange(min=64), default=1024, show_default=True, help="Pixels per side.")
 @click.option("--test-n", type=click.IntRange(min=0), default=0, show_default=True,
               help="Unlabelled test images (stage_2_test_images/ + sample submission).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Rendering processes.")
+@click.option("--workers", "--processes", "workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Rendering processes.")
 def synth(out, n, seed, image_size, test_n, workers):
     """Write a synthetic RSNA Pneumonia download (DICOMs + Kaggle CSVs) into OUT."""
     from pneumo_hpc.data.synth import generate
@@ -38,7 +39,7 @@ def synth(out, n, seed, image_size, test_n, workers):
 @click.option("--seed", type=int, default=0, show_default=True, help="Split and balancing seed.")
 @click.option("--balance", is_flag=True,
               help="Downsample the majority class of the classifier's train split to the minority's count.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--workers", "--dask-workers", "workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Dask worker processes (--cluster local; 1 = in-process). With mpi: ranks - 2.")
 @click.option("--cluster", type=click.Choice(["local", "mpi"]), default="local", show_default=True,
               help="local: LocalCluster; mpi: dask-mpi under mpirun/srun (rank 0 scheduler, rank 1 client).")

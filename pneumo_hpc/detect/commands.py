@@ -10,9 +10,7 @@ from pathlib import Path
 
 import click
 
-
-def _fail(exc: Exception):
-    raise click.ClickException(str(exc)) from exc
+from pneumo_hpc.cli import fail
 
 
 @click.group()
@@ -26,11 +24,11 @@ def detect():
 @click.option("--model", default="yolov8n.yaml", show_default=True,
               help="ultralytics cfg (random init) or a local weights file, e.g. a yolov8n.pt you downloaded.")
 @click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--imgsz", type=int, default=416, show_default=True)
-@click.option("--batch", type=int, default=16, show_default=True, help="Global batch (split over GPUs).")
+@click.option("--imgsz", "--size", "imgsz", type=int, default=416, show_default=True)
+@click.option("--batch", "--batch-size", "batch", type=int, default=16, show_default=True, help="Global batch (split over GPUs).")
 @click.option("--gpus", type=int, default=0, show_default=True,
               help="GPUs of this node (0 = CPU; N > 1 = ultralytics' own DDP on this node).")
-@click.option("--workers", type=int, default=8, show_default=True, help="Dataloader workers per GPU (capped by cores).")
+@click.option("--workers", "--loader-workers", "workers", type=int, default=8, show_default=True, help="Dataloader workers per GPU (capped by cores).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--conf", type=float, default=0.25, show_default=True,
               help="Confidence threshold of the predictions scored for rsna_map.")
@@ -47,7 +45,7 @@ def train(data, model, epochs, imgsz, batch, gpus, workers, seed, conf, out, res
     try:
         metrics = run_train(cfg)
     except (DetectError, FileNotFoundError) as exc:
-        _fail(exc)
+        fail(exc)
     keys = ("gpus", "train_time_s", "images_per_s", "map50", "map50_95", "rsna_map")
     click.echo(json.dumps({k: metrics.get(k) for k in keys}))
 
@@ -66,7 +64,7 @@ def score(labels, submission, only_submitted):
     try:
         result = score_files(labels, submission, only_submitted)
     except SubmissionError as exc:
-        _fail(exc)
+        fail(exc)
     if isinstance(result["rsna_map"], float) and math.isnan(result["rsna_map"]):
         result["rsna_map"] = None  # no image counted: nothing to score (NaN is not JSON)
     click.echo(json.dumps(result))
@@ -90,8 +88,8 @@ def score(labels, submission, only_submitted):
               help="Only these patients: a CSV with a patientId column, e.g. PREP/classifier/val.csv.")
 @click.option("--conf", type=float, default=0.25, show_default=True, help="Detector confidence threshold.")
 @click.option("--device", default="auto", show_default=True, help="auto|cpu|0 (a CUDA index).")
-@click.option("--batch", type=int, default=16, show_default=True)
-@click.option("--imgsz", type=int, help="Detector input size [the size it was trained at].")
+@click.option("--batch", "--batch-size", "batch", type=int, default=16, show_default=True)
+@click.option("--imgsz", "--size", "imgsz", type=int, help="Detector input size [the size it was trained at].")
 def predict(inputs, detector, classifier, cls_threshold, out, overlays, labels, cam, patients, conf, device, batch,
             imgsz):
     """Kaggle-format predictions (patientId,PredictionString) for DICOM files or directories of them.
@@ -107,5 +105,5 @@ def predict(inputs, detector, classifier, cls_threshold, out, overlays, labels, 
     try:
         summary = run_predict(cfg)
     except (DetectError, FileNotFoundError) as exc:
-        _fail(exc)
+        fail(exc)
     click.echo(json.dumps({k: v for k, v in summary.items() if k != "bad_files"}))

@@ -12,3 +12,8 @@
     reference.py      published figures (the reference study, real-RSNA results) shown beside ours
     commands.py       `pneumo-hpc report` (click-only imports)
 """
+
+
+class ReportError(ValueError):
+    """Records that cannot make a report, or a results file that cannot be read; the message names the file
+    (and line) and the problem. The report layer's one error type (record.ResultsError is the reading kind)."""

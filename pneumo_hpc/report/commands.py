@@ -25,8 +25,8 @@ import click
 def report(results, out_dir, baseline, no_reference, skip_bad_lines, alpha_s, beta_gb_s):
     """Scaling table (time, accuracy / mAP, throughput, speedup, efficiency, Amdahl fit) from RESULTS:
     JSON Lines files, metrics.json files or run directories."""
-    from pneumo_hpc.report.record import ResultsError, load_results
-    from pneumo_hpc.report.runs import ReportError
+    from pneumo_hpc.report import ReportError
+    from pneumo_hpc.report.record import load_results
     from pneumo_hpc.report.write import write_report
 
     if (alpha_s is None) != (beta_gb_s is None):
@@ -35,7 +35,7 @@ def report(results, out_dir, baseline, no_reference, skip_bad_lines, alpha_s, be
         records = load_results(results, strict=not skip_bad_lines)
         written = write_report(records, out_dir, sources=results, baseline=baseline, reference=not no_reference,
                                alpha_s=alpha_s, beta_bytes_s=beta_gb_s and beta_gb_s * 1e9)
-    except (ResultsError, ReportError) as err:
+    except ReportError as err:
         raise click.ClickException(str(err)) from None
     click.echo(written["markdown"])
     click.echo(f"wrote {', '.join(str(p) for p in written['files'])}", err=True)

@@ -22,6 +22,7 @@ import socket
 import sys
 from pathlib import Path
 
+from pneumo_hpc.report import ReportError
 from pneumo_hpc.report.provenance import hardware_info, own_revision
 
 METRICS_NAME = "metrics.json"
@@ -53,7 +54,7 @@ CLASSIFIER_REQUIRED = ("model", "strategy", "world_size", "device", "epochs", "t
 DETECTOR_REQUIRED = ("model", "gpus", "device", "epochs", "train_time_s")
 
 
-class ResultsError(ValueError):
+class ResultsError(ReportError):
     """A results file that cannot be read; the message names the file (and line) and the problem."""
 
 

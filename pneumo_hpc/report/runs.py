@@ -7,6 +7,7 @@ import math
 import statistics
 from pathlib import Path
 
+from pneumo_hpc.report import ReportError
 from pneumo_hpc.report.record import BREAKDOWN_KEYS, SOURCE_KEY, upgrade
 
 KINDS = ("classifier", "detector")
@@ -19,10 +20,6 @@ CLINICAL_FIELDS = ("sensitivity", "specificity", "pr_auc", "all_negative_accurac
 _SCORE_FIELDS = ("map50", "map50_95", "rsna_map", "precision", "recall", "f1", "roc_auc") + CLINICAL_FIELDS
 _PLAIN_FIELDS = ("data", "launcher", "backend", "compute_dtype", "compile", "batch_size", "run_dir", "timestamp",
                  "git_revision", "n_train", "n_params", "grad_compress")
-
-
-class ReportError(ValueError):
-    """Records that cannot make a report; the message names the record's file:line and the problem."""
 
 
 def number(record, key, where, integer=False):

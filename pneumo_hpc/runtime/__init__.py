@@ -8,3 +8,5 @@ network interface.
     host_memory.py freed memory kept in the process for the next step (glibc)
     commands.py    `pneumo-hpc env` (click-only imports)
 """
+
+BACKENDS = ("auto", "gloo", "nccl")  # auto: nccl when every rank has a CUDA device, else gloo

@@ -27,12 +27,12 @@ from pneumo_hpc.runtime.launchers import ClusterEnvironment, detect
 from pneumo_hpc.runtime import interface
 from pneumo_hpc.runtime.cpu_bind import apply as apply_cpus
 from pneumo_hpc.runtime.cpu_bind import plan as plan_cpus
+from pneumo_hpc.runtime import BACKENDS
 
 if TYPE_CHECKING:
     import torch
 
 DEFAULT_TIMEOUT_S = 300.0
-BACKENDS = ("auto", "gloo", "nccl")
 
 _CTX: DistContext | None = None  # set by setup(), read by print0()
 
