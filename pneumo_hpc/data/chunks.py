@@ -69,33 +69,48 @@ def process_chunk(task: dict) -> dict:
 
 
 def _process_chunk(task: dict) -> dict:
-    import cv2
-
-    from pneumo_hpc.data.dicom import BadImage, read_scaled, resize
-
-    items, size, yolo_size = task["items"], task["size"], task["yolo_size"]
-    cache = Path(task["cache"])
-    hashes, blobs_ok, reasons = [], [], []
-    for _, path in items:
-        try:
-            hashes.append(hashlib.sha256(Path(path).read_bytes()).hexdigest())
-            blobs_ok.append(True)
-            reasons.append("")
-        except OSError as e:
-            hashes.append("")
-            blobs_ok.append(False)
-            reasons.append(f"cannot read ({e.strerror or e})")
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, task["decoder"], size, yolo_size,
-                                     [[pid, h] for (pid, _), h in zip(items, hashes)]]).encode()).hexdigest()
-    entry = cache / "chunks" / f"{key}.npz"
+    cache, yolo_size = Path(task["cache"]), task["yolo_size"]
+    hashes, readable, reasons = _hash_files(task["items"])
+    entry = cache / "chunks" / f"{_cache_key(task, hashes)}.npz"
     hit = _load_entry(entry, cache, yolo_size)
     if hit is not None:
         return {"index": task["index"], "cached": True, "n_decoded": 0, **hit}
+    result = _decode_chunk(task, cache, hashes, readable, reasons)
+    write_with(entry, lambda f: np.savez(f, **result))
+    return {"index": task["index"], "cached": False, "n_decoded": int(result["ok"].sum()), **result}
 
+
+def _hash_files(items) -> tuple[list[str], list[bool], list[str]]:
+    """(sha256 of each file's bytes, whether it could be read, the reason if not); "" for a file not read."""
+    hashes, readable, reasons = [], [], []
+    for _, path in items:
+        try:
+            hashes.append(hashlib.sha256(Path(path).read_bytes()).hexdigest())
+            readable.append(True)
+            reasons.append("")
+        except OSError as e:
+            hashes.append("")
+            readable.append(False)
+            reasons.append(f"cannot read ({e.strerror or e})")
+    return hashes, readable, reasons
+
+
+def _cache_key(task: dict, hashes: list[str]) -> str:
+    """The chunk's cache entry name: what its result depends on (files' bytes, decoder, sizes)."""
+    return hashlib.sha256(json.dumps([CACHE_VERSION, task["decoder"], task["size"], task["yolo_size"],
+                                      [[pid, h] for (pid, _), h in zip(task["items"], hashes)]]).encode()).hexdigest()
+
+
+def _decode_chunk(task: dict, cache: Path, hashes: list[str], readable: list[bool], reasons: list[str]) -> dict:
+    """Decode the readable files (YOLO PNGs into the cache as they go); the arrays a cache entry holds. A file
+    that does not decode gets ok=False and its reason in `reasons`."""
+    from pneumo_hpc.data.dicom import BadImage, read_scaled, resize
+
+    items, size, yolo_size = task["items"], task["size"], task["yolo_size"]
     n = len(items)
     images = np.zeros((n, size, size), np.uint8)
     shapes = np.zeros((n, 2), np.int64)
-    ok = np.array(blobs_ok, bool)
+    ok = np.array(readable, bool)
     for i, (_, path) in enumerate(items):
         if i == n // 2:
             _maybe_kill_worker(task["index"])
@@ -111,16 +126,19 @@ def _process_chunk(task: dict) -> dict:
             continue
         images[i] = resize(pixels, size)
         if yolo_size:
-            png_ok, png = cv2.imencode(".png", resize(pixels, yolo_size))
-            if not png_ok:
-                raise RuntimeError(f"{path}: OpenCV could not encode the YOLO PNG")
-            target = png_path(cache, yolo_size, hashes[i])
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes(target, png.tobytes())
-    result = {"images": images, "ok": ok, "reasons": np.array(reasons, dtype=str),
-              "hashes": np.array(hashes, dtype=str), "shapes": shapes}
-    write_with(entry, lambda f: np.savez(f, **result))
-    return {"index": task["index"], "cached": False, "n_decoded": int(ok.sum()), **result}
+            _write_png(png_path(cache, yolo_size, hashes[i]), resize(pixels, yolo_size), path)
+    return {"images": images, "ok": ok, "reasons": np.array(reasons, dtype=str),
+            "hashes": np.array(hashes, dtype=str), "shapes": shapes}
+
+
+def _write_png(target: Path, pixels: np.ndarray, path) -> None:
+    import cv2
+
+    png_ok, png = cv2.imencode(".png", pixels)
+    if not png_ok:
+        raise RuntimeError(f"{path}: OpenCV could not encode the YOLO PNG")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(target, png.tobytes())
 
 
 def _load_entry(entry: Path, cache: Path, yolo_size: int) -> dict | None:

@@ -218,6 +218,14 @@ def write_dicom(path, pixels: np.ndarray, *, transfer_syntax: str = "jpeg-baseli
     bits_stored: 8 (uint8 pixels) or up to 16 (uint16 pixels whose values fit in bits_stored).
     headers: any DICOM keyword=value, e.g. Modality="CR", WindowCenter=2048, SOPInstanceUID=...
     """
+    tsyntax, pixels, samples, bits_allocated = _checked_pixels(pixels, transfer_syntax, bits_stored)
+    ds = _patient_study(_file_meta(tsyntax, headers), patient_id)
+    _pixel_module(ds, pixels, tsyntax, samples, bits_allocated, bits_stored, photometric, quality)
+    write_bytes(path, _encoded(ds, headers))
+
+
+def _checked_pixels(pixels: np.ndarray, transfer_syntax: str, bits_stored: int):
+    """(transfer syntax UID, contiguous pixels, samples per pixel, bits allocated); ValueError if they do not fit."""
     if transfer_syntax not in TRANSFER_SYNTAXES:
         raise ValueError(f"transfer_syntax must be one of {sorted(TRANSFER_SYNTAXES)}, not {transfer_syntax!r}")
     pixels = np.ascontiguousarray(pixels)
@@ -233,12 +241,21 @@ def write_dicom(path, pixels: np.ndarray, *, transfer_syntax: str = "jpeg-baseli
     tsyntax = TRANSFER_SYNTAXES[transfer_syntax]
     if tsyntax.is_compressed and (bits_stored != 8 or samples != 1):
         raise ValueError("jpeg-baseline here writes 8-bit greyscale only")
+    return tsyntax, pixels, samples, bits_allocated
 
+
+def _file_meta(tsyntax, headers: dict) -> FileMetaDataset:
+    """Group 0002; a SOPInstanceUID missing from headers is generated and put into headers (they share it)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = headers.get("SOPClassUID", SECONDARY_CAPTURE)
     meta.MediaStorageSOPInstanceUID = headers.setdefault("SOPInstanceUID", pydicom.uid.generate_uid())
     meta.TransferSyntaxUID = tsyntax
     meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    return meta
+
+
+def _patient_study(meta: FileMetaDataset, patient_id: str) -> Dataset:
+    """The dataset with its SOP class, patient and fresh study/series UIDs (headers may replace any of them)."""
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
@@ -246,6 +263,12 @@ def write_dicom(path, pixels: np.ndarray, *, transfer_syntax: str = "jpeg-baseli
     ds.PatientName = patient_id
     ds.StudyInstanceUID = pydicom.uid.generate_uid()
     ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    return ds
+
+
+def _pixel_module(ds: Dataset, pixels: np.ndarray, tsyntax, samples: int, bits_allocated: int, bits_stored: int,
+                  photometric: str, quality: int) -> None:
+    """The image pixel tags and the pixel data: a JPEG frame, encapsulated, or the raw little-endian values."""
     ds.SamplesPerPixel = samples
     ds.PhotometricInterpretation = photometric
     if samples == 3:
@@ -263,6 +286,10 @@ def write_dicom(path, pixels: np.ndarray, *, transfer_syntax: str = "jpeg-baseli
     else:
         ds.PixelData = pixels.tobytes()
         ds["PixelData"].VR = "OB" if bits_allocated == 8 else "OW"
+
+
+def _encoded(ds: Dataset, headers: dict) -> bytes:
+    """The file's bytes, with the caller's headers set last (they win over the defaults above)."""
     unknown = [key for key in headers if pydicom.datadict.tag_for_keyword(key) is None]
     if unknown:
         raise ValueError(f"not DICOM keywords: {', '.join(unknown)}")
@@ -273,4 +300,4 @@ def write_dicom(path, pixels: np.ndarray, *, transfer_syntax: str = "jpeg-baseli
             setattr(ds, key, value)
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
-    write_bytes(path, buf.getvalue())
+    return buf.getvalue()

@@ -204,10 +204,25 @@ def _devices(rng, cv: _Canvas, cx, s):
 def render(rng: np.random.Generator, anat: _Anatomy, view: str, findings: list[str],
            boxes: list[tuple[float, float, float, float]], size: int) -> np.ndarray:
     """uint8 (size, size) radiograph, bright = dense (MONOCHROME2)."""
+    # the steps draw from rng in this order, which the seeded output depends on: reorder none of them
     w = min(size, _WORK_MAX)
     cv = _Canvas(w)
-    c, d = cv.c, cv.d
-    s, cx = anat.s, anat.cx
+    lungs, heart = _fields(rng, anat, findings)
+    body = _soft_tissue(rng, cv, anat)
+    lung = _lungs(rng, cv, lungs, findings)
+    _mediastinum(cv, anat, heart, lung)
+    _ribs_and_clavicles(rng, cv, anat, view, lungs, body, lung)
+    _other_findings(rng, cv, anat, lungs, lung, findings)
+    for box in boxes:
+        _opacity(rng, cv, lung, box)
+    if "devices" in findings:
+        _devices(rng, cv, anat.cx, anat.s)
+    _side_marker(rng, cv)
+    return _expose(rng, cv.d, w, size)
+
+
+def _fields(rng, anat: _Anatomy, findings):
+    """The lungs and heart as this patient's findings reshape them: (lungs, heart)."""
     lungs = anat.lungs
     if "hyperinflation" in findings:  # flat, low diaphragm
         lungs = [(x, t, b + 0.04, a * 1.04, sd, dome * 0.4) for x, t, b, a, sd, dome in lungs]
@@ -215,14 +230,25 @@ def render(rng: np.random.Generator, anat: _Anatomy, view: str, findings: list[s
     if "cardiomegaly" in findings:
         k = rng.uniform(1.25, 1.45)
         heart = (heart[0] + 0.02, heart[1] - 0.01, heart[2] * k, heart[3] * k)
+    return lungs, heart
 
+
+def _soft_tissue(rng, cv: _Canvas, anat: _Anatomy):
+    """The body's density added to the canvas; returns the body mask (the ribs lie only inside it)."""
+    c, d = cv.c, cv.d
+    s, cx = anat.s, anat.cx
     # soft tissue: a superellipse torso (square shoulders) and the neck
     fu, fv = ((c - cx) / (0.47 * s)) ** 4, ((c - 0.64) / 0.72) ** 4
     body = _ramp(1.0 - (fu[None, :] + fv[:, None]), 0.3)
     neck = _ramp(0.075 * s - np.abs(c - cx), 0.03)[None, :] * (c < 0.3)[:, None]
     body = np.maximum(body, neck)
     d += 0.04 + body * (0.44 + 0.04 * _smooth_noise(rng, 6, d.shape))
+    return body
 
+
+def _lungs(rng, cv: _Canvas, lungs, findings):
+    """The lung fields' air and vessels added to the canvas; returns the lung mask (0..1)."""
+    d = cv.d
     # lungs: air, with vessels radiating from the hila
     lung = np.zeros_like(d)
     vessels = 0.022 * _smooth_noise(rng, 20, d.shape) + 0.014 * _smooth_noise(rng, 44, d.shape)
@@ -235,7 +261,12 @@ def render(rng: np.random.Generator, anat: _Anatomy, view: str, findings: list[s
         hilum = np.clip(1.0 - np.hypot(u - (x - side * 0.6 * a), (v - top - 0.4 * (base - top)) * 0.7) / 0.25, 0, 1)
         lower = np.clip((v - top) / (base - top), 0.0, 1.0)  # bases lie under more soft tissue
         d[win] += m * (-air * (1.0 - 0.2 * lower) + vessels[win] * (0.5 + hilum) + 0.06 * hilum ** 2)
+    return lung
 
+
+def _mediastinum(cv: _Canvas, anat: _Anatomy, heart, lung) -> None:
+    d = cv.d
+    s, cx = anat.s, anat.cx
     # spine (vertebral bodies), aortic knob, heart
     win, u, v = cv.window(cx - 0.06, 0.0, cx + 0.06, 1.0)
     d[win] += 0.2 * _ramp(0.036 * s - np.abs(u - cx), 0.02) * (0.88 + 0.12 * np.cos(2 * np.pi * v / (0.047 * s)))
@@ -245,6 +276,10 @@ def render(rng: np.random.Generator, anat: _Anatomy, view: str, findings: list[s
     # the heart replaces lung air; over the mediastinum and abdomen it is soft tissue like its surroundings
     d[win] += 0.24 * _ramp(1.0 - ((u - hx) / ha) ** 2 - ((v - hy) / hb) ** 2, 0.3) * (0.2 + 0.8 * lung[win])
 
+
+def _ribs_and_clavicles(rng, cv: _Canvas, anat: _Anatomy, view: str, lungs, body, lung) -> None:
+    c, d = cv.c, cv.d
+    s, cx = anat.s, anat.cx
     # ribs: bands arcing down and out from the spine; clavicles
     wx = np.abs(c - cx)
     win, _, _ = cv.window(0.0, anat.top - 0.05, 1.0, max(L[2] for L in lungs) + 0.04)
@@ -257,6 +292,10 @@ def render(rng: np.random.Generator, anat: _Anatomy, view: str, findings: list[s
     for side in (-1, 1):
         cv.line((cx + side * 0.06, clav_y + 0.03), (cx + side * 0.3 * s, clav_y - 0.03), 0.012, 0.09)
 
+
+def _other_findings(rng, cv: _Canvas, anat: _Anatomy, lungs, lung, findings) -> None:
+    """The findings of "not normal" patients that are not opacities: interstitial change, nodules, effusion."""
+    d = cv.d
     if "diffuse" in findings:  # interstitial change: fine reticular texture, hazy both lungs
         d += lung * (rng.uniform(0.015, 0.035) + rng.uniform(0.025, 0.05) * np.abs(_smooth_noise(rng, 70, d.shape)))
     if "nodules" in findings:
@@ -273,15 +312,17 @@ def render(rng: np.random.Generator, anat: _Anatomy, view: str, findings: list[s
             win, u, v = cv.window(x - a - 0.02, level - 0.1, x + a + 0.02, base + 0.02)
             d[win] += rng.uniform(0.12, 0.25) * _lung_mask(u, v, L) * _ramp(
                 v - level + 0.12 * np.clip((u - x) * side / a, 0, None), 0.05)
-    for box in boxes:
-        _opacity(rng, cv, lung, box)
-    if "devices" in findings:
-        _devices(rng, cv, cx, s)
+
+
+def _side_marker(rng, cv: _Canvas) -> None:
     if rng.random() < 0.7:  # lead side marker in an upper corner
         x0 = rng.uniform(0.04, 0.12) if rng.random() < 0.5 else rng.uniform(0.85, 0.92)
         y0 = rng.uniform(0.04, 0.12)
-        d[cv.window(x0, y0, x0 + 0.025, y0 + 0.035)[0]] += 0.6
+        cv.d[cv.window(x0, y0, x0 + 0.025, y0 + 0.035)[0]] += 0.6
 
+
+def _expose(rng, d: np.ndarray, w: int, size: int) -> np.ndarray:
+    """The density drawn at w px as the uint8 film at size px: blur, exposure, upsampling, grain."""
     # exposure: film latitude differs per patient (gamma, level, contrast)
     d = cv2.GaussianBlur(d, (0, 0), max(w / 512, 0.6))
     lo, hi = rng.uniform(0.0, 0.06), rng.uniform(0.78, 1.0)
