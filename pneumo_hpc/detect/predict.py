@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumo_hpc.atomic import write_text
@@ -158,15 +158,46 @@ def draw_overlay(image, boxes, path: Path, note: str = "", truth=None) -> None:
     write_png(path, render(image, boxes, truth, note))
 
 
+@dataclass
+class _Run:
+    """What the steps of one predict call share: the models and settings, then the tallies as batches go by."""
+    detector: object
+    weights: Path
+    device: str
+    imgsz: int
+    gate: ClassifierGate | None
+    truth_all: dict | None  # patientId -> labelled boxes, with --labels
+    sheet: object = None  # the ContactSheet, with --overlays
+    rows: list = field(default_factory=list)  # (patientId, PredictionString) per image predicted
+    bad: list = field(default_factory=list)  # the skipped files
+    seen: dict = field(default_factory=dict)  # patientId -> the file that gave it
+    gated: int = 0
+    n_boxes: int = 0
+
+
 def predict(cfg: PredictConfig, warn=None) -> dict:
     """Write the submission CSV (and overlays); returns counts. `warn(msg)` reports skipped files (stderr)."""
-    import cv2
-
-    from pneumo_hpc.data.dicom import BadImage, read_pixels
-    from pneumo_hpc.detect.rsna_metric import format_prediction_string
-    from pneumo_hpc.detect.yolo import detect_boxes, load_model
-
     warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    files = _select_files(cfg)
+    run = _open_run(cfg)
+    for start in range(0, len(files), cfg.batch):
+        ids, images = _read_batch(run, files[start:start + cfg.batch], warn)
+        if images:
+            _predict_batch(cfg, run, ids, images)
+    if not run.rows:
+        raise DetectError(f"none of the {len(files)} input file(s) could be read (see the messages above)")
+    lines = ["patientId,PredictionString"] + [f"{pid},{text}" for pid, text in run.rows]
+    write_text(cfg.out, "\n".join(lines) + "\n")
+    contact = _write_contact_sheet(cfg, run)
+    return {"out": str(cfg.out), "n_files": len(files), "n_predicted": len(run.rows), "n_bad": len(run.bad),
+            "n_boxes": run.n_boxes, "n_gated": run.gated, "bad_files": run.bad, "weights": str(run.weights),
+            "imgsz": run.imgsz, "conf": cfg.conf, "cls_threshold": run.gate.threshold if run.gate else None,
+            "contact_sheet": str(contact) if contact else None,
+            "outcomes": dict(run.sheet.counts) if run.sheet is not None else None}
+
+
+def _select_files(cfg: PredictConfig) -> list[Path]:
+    """The input files, narrowed to --patients; contradictory options are refused before any model loads."""
     if not 0 <= cfg.conf <= 1:
         raise DetectError(f"--conf must be within 0..1, got {cfg.conf}")
     files = find_inputs(cfg.inputs)
@@ -177,6 +208,13 @@ def predict(cfg: PredictConfig, warn=None) -> dict:
             raise DetectError(f"--patients {cfg.patients}: none of its patients is among the input files")
     if cfg.cam and not cfg.classifier:
         raise DetectError("--cam draws the classifier's Grad-CAM: give --classifier RUN too")
+    return files
+
+
+def _open_run(cfg: PredictConfig) -> _Run:
+    """The labels, the detector and its image size, the classifier gate, and the overlay folder and sheet."""
+    from pneumo_hpc.detect.yolo import load_model
+
     truth_all = None
     if cfg.labels:
         from pneumo_hpc.detect.rsna_metric import SubmissionError, read_labels
@@ -190,63 +228,78 @@ def predict(cfg: PredictConfig, warn=None) -> dict:
     detector = load_model(str(weights))[0]
     imgsz = int(cfg.imgsz or run_imgsz or detector.overrides.get("imgsz") or 416)
     gate = ClassifierGate(cfg.classifier, device, cfg.cls_threshold) if cfg.classifier else None
-    sheet = None
+    run = _Run(detector, weights, device, imgsz, gate, truth_all)
     if cfg.overlays:
-        from pneumo_hpc.detect.overlays import ContactSheet, outcome, render, write_png
+        from pneumo_hpc.detect.overlays import ContactSheet
 
         Path(cfg.overlays).mkdir(parents=True, exist_ok=True)
-        sheet = ContactSheet(n=cfg.sheet_size)
+        run.sheet = ContactSheet(n=cfg.sheet_size)
+    return run
 
-    rows, bad, gated, n_boxes, seen = [], [], 0, 0, {}
-    for start in range(0, len(files), cfg.batch):
-        ids, images = [], []
-        for path in files[start:start + cfg.batch]:
-            pid = path.stem
-            if pid in seen:
-                bad.append(str(path))
-                warn(f"predict: skipped {path}: patientId {pid} already taken by {seen[pid]}")
-                continue
-            try:
-                images.append(read_pixels(path))
-            except BadImage as e:  # its message names the file and the reason
-                bad.append(str(path))
-                warn(f"predict: skipped {e}")
-                continue
-            seen[pid] = path
-            ids.append(pid)
-        if not images:
+
+def _read_batch(run: _Run, paths: list[Path], warn) -> tuple[list[str], list]:
+    """(patientIds, full-resolution images) of the files that read; the others are reported and counted bad."""
+    from pneumo_hpc.data.dicom import BadImage, read_pixels
+
+    ids, images = [], []
+    for path in paths:
+        pid = path.stem
+        if pid in run.seen:
+            run.bad.append(str(path))
+            warn(f"predict: skipped {path}: patientId {pid} already taken by {run.seen[pid]}")
             continue
-        small = [cv2.resize(im, (imgsz, imgsz), interpolation=cv2.INTER_AREA) for im in images]
-        found = detect_boxes(detector, small, imgsz=imgsz, conf=cfg.conf, device=device, batch=cfg.batch)
-        probs = gate.probabilities(images) if gate else [None] * len(images)
-        cams = gate.cam(images) if cfg.cam and cfg.overlays else [None] * len(images)
-        for pid, image, boxes, prob, cam in zip(ids, images, found, probs, cams):
-            sy, sx = image.shape[0] / imgsz, image.shape[1] / imgsz
-            boxes = [(c, x * sx, y * sy, w * sx, h * sy) for c, x, y, w, h in boxes]
-            note = ""
-            if prob is not None and prob < gate.threshold:
-                gated += bool(boxes)
-                note = f"classifier p={prob:.3f} < {gate.threshold:g}: {len(boxes)} box(es) dropped"
-                boxes = []
-            n_boxes += len(boxes)
-            rows.append((pid, format_prediction_string(boxes)))
-            if cfg.overlays:
-                truth = None if truth_all is None else truth_all.get(pid)
-                cam_note = f"Grad-CAM, classifier p={prob:.2f}" if cam is not None else ""
-                canvas = render(image, boxes, truth, note, cam, cam_note)
-                write_png(Path(cfg.overlays) / f"{pid}.png", canvas)
-                sheet.add(pid, outcome(truth, boxes), canvas)
-    if not rows:
-        raise DetectError(f"none of the {len(files)} input file(s) could be read (see the messages above)")
-    lines = ["patientId,PredictionString"] + [f"{pid},{text}" for pid, text in rows]
-    write_text(cfg.out, "\n".join(lines) + "\n")
-    contact = None
-    if sheet is not None:
-        title = (f"{len(rows)} images - green: labelled, red: predicted (conf >= {cfg.conf:g})"
-                 if truth_all is not None else f"{len(rows)} images - red: predicted (conf >= {cfg.conf:g})")
-        contact = sheet.write(Path(cfg.overlays) / "contact_sheet.png", title)
-    return {"out": str(cfg.out), "n_files": len(files), "n_predicted": len(rows), "n_bad": len(bad),
-            "n_boxes": n_boxes, "n_gated": gated, "bad_files": bad, "weights": str(weights), "imgsz": imgsz,
-            "conf": cfg.conf, "cls_threshold": gate.threshold if gate else None,
-            "contact_sheet": str(contact) if contact else None,
-            "outcomes": dict(sheet.counts) if sheet is not None else None}
+        try:
+            images.append(read_pixels(path))
+        except BadImage as e:  # its message names the file and the reason
+            run.bad.append(str(path))
+            warn(f"predict: skipped {e}")
+            continue
+        run.seen[pid] = path
+        ids.append(pid)
+    return ids, images
+
+
+def _predict_batch(cfg: PredictConfig, run: _Run, ids: list[str], images: list) -> None:
+    """The detector (and the gate) over one batch: each image's submission row, and its overlay."""
+    import cv2
+
+    from pneumo_hpc.detect.rsna_metric import format_prediction_string
+    from pneumo_hpc.detect.yolo import detect_boxes
+
+    imgsz, gate = run.imgsz, run.gate
+    small = [cv2.resize(im, (imgsz, imgsz), interpolation=cv2.INTER_AREA) for im in images]
+    found = detect_boxes(run.detector, small, imgsz=imgsz, conf=cfg.conf, device=run.device, batch=cfg.batch)
+    probs = gate.probabilities(images) if gate else [None] * len(images)
+    cams = gate.cam(images) if cfg.cam and cfg.overlays else [None] * len(images)
+    for pid, image, boxes, prob, cam in zip(ids, images, found, probs, cams):
+        sy, sx = image.shape[0] / imgsz, image.shape[1] / imgsz
+        boxes = [(c, x * sx, y * sy, w * sx, h * sy) for c, x, y, w, h in boxes]
+        note = ""
+        if prob is not None and prob < gate.threshold:
+            run.gated += bool(boxes)
+            note = f"classifier p={prob:.3f} < {gate.threshold:g}: {len(boxes)} box(es) dropped"
+            boxes = []
+        run.n_boxes += len(boxes)
+        run.rows.append((pid, format_prediction_string(boxes)))
+        if cfg.overlays:
+            _write_overlay(cfg, run, pid, image, boxes, note, prob, cam)
+
+
+def _write_overlay(cfg: PredictConfig, run: _Run, pid: str, image, boxes, note: str, prob, cam) -> None:
+    """DIR/<patientId>.png, and the image's place on the contact sheet."""
+    from pneumo_hpc.detect.overlays import outcome, render, write_png
+
+    truth = None if run.truth_all is None else run.truth_all.get(pid)
+    cam_note = f"Grad-CAM, classifier p={prob:.2f}" if cam is not None else ""
+    canvas = render(image, boxes, truth, note, cam, cam_note)
+    write_png(Path(cfg.overlays) / f"{pid}.png", canvas)
+    run.sheet.add(pid, outcome(truth, boxes), canvas)
+
+
+def _write_contact_sheet(cfg: PredictConfig, run: _Run):
+    """DIR/contact_sheet.png (its path), with --overlays; else None."""
+    if run.sheet is None:
+        return None
+    title = (f"{len(run.rows)} images - green: labelled, red: predicted (conf >= {cfg.conf:g})"
+             if run.truth_all is not None else f"{len(run.rows)} images - red: predicted (conf >= {cfg.conf:g})")
+    return run.sheet.write(Path(cfg.overlays) / "contact_sheet.png", title)
