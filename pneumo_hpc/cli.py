@@ -25,6 +25,7 @@ COMMANDS = {
     "selftest": "pneumo_hpc.classify.commands:selftest",
     "classify": "pneumo_hpc.classify.commands:classify",
     "env": "pneumo_hpc.runtime.commands:env",
+    "doctor": "pneumo_hpc.runtime.commands:doctor",
     "detect": "pneumo_hpc.detect.commands:detect",
     "predict": "pneumo_hpc.detect.commands:predict",
     "report": "pneumo_hpc.report.commands:report",

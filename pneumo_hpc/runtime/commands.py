@@ -1,12 +1,15 @@
 """``pneumo-hpc env``: which launcher started this rank, and (with --init) whether the process group works.
+``pneumo-hpc doctor``: every check a multi-node run needs, on every rank, in one table (runtime/doctor.py).
 
     pneumo-hpc env
     torchrun --standalone --nproc_per_node 2 -m pneumo_hpc env --json --init
     mpirun -np 2 pneumo-hpc env --json --init
     srun -n 2 pneumo-hpc env --json --init
+    srun -N2 --ntasks-per-node=2 pneumo-hpc doctor --data /scratch/prep --out runs/doctor
 """
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -63,3 +66,33 @@ def env(as_json, backend, device, do_init, timeout):
         click.echo(f"{head}\n{_table(info)}")
     if do_init and not info["allreduce_ok"]:
         sys.exit(1)
+
+
+@click.command()
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="PREP: the --out of `pneumo-hpc preprocess`, as the training would be given it.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run directory to check (shared by the nodes); doctor.json and doctor.txt are written there "
+                   "[default: a temporary directory beside PREP, removed after].")
+@click.option("--json", "as_json", is_flag=True, help="Also print the JSON document (rank 0, one line).")
+@click.option("--sizes", default="4K,256K,4M,32M", show_default=True,
+              help="All-reduce message sizes: bytes, or K/M/G (KiB/MiB/GiB), comma-separated.")
+@click.option("--iters", type=click.IntRange(1, 10000), default=5, show_default=True,
+              help="Timed all-reduces per size (after one warm-up).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="Seconds any step waits for the other ranks before failing.")
+@click.option("--backend", type=click.Choice(["auto", "gloo", "nccl"]), default="auto", show_default=True,
+              help="auto: nccl on CUDA, gloo on CPU.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:<index>.")
+def doctor(data, out, as_json, sizes, iters, timeout, backend, device):
+    """Check data, devices, launcher, network, CPUs, versions and the run directory on every rank, then time an
+    all-reduce; rank 0 prints one table. Run it as the training runs (srun, mpirun, torchrun or alone).
+    Exit 1 when a check fails."""
+    from pneumo_hpc.runtime.doctor import DoctorConfig, parse_sizes, run
+
+    try:
+        parsed = parse_sizes(sizes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--sizes") from None
+    sys.exit(run(DoctorConfig(data=data, out=out, as_json=as_json, sizes=parsed, iters=iters, timeout=timeout,
+                              backend=backend, device=device)))
