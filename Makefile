@@ -59,8 +59,7 @@ test: $(STAMP) system ## the whole suite, real SLURM/Open MPI/Lmod included
 test-fast: $(STAMP) ## unit tests only (no services, no slow trainings)
 	$(BIN)/python -m pytest -m "not slurm and not mpi and not multinode and not slow" $(PYTEST_ARGS)
 
-# 15 epochs at 128 px from random init: mAP50 ~0.75, RSNA metric ~0.5 on the demo's validation split in ~4 min
-# on 2 CPUs (3 epochs scored 0.001: no boxes at all)
+# enough epochs at 128 px from random init for the detector to find boxes at all (figures: docs/performance.md)
 DETECT_EPOCHS ?= 15
 DETECT_IMGSZ ?= 128
 DETECT_BATCH ?= 16

@@ -88,22 +88,21 @@ def bf16_is_fast(device: torch.device) -> bool:
 
 
 def apply_ddp(model: nn.Module, device: torch.device, compress: bool = False, timer=None) -> nn.Module:
-    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     # gradients live in the all-reduce buckets (no copy per step); the graph never changes between steps
     ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
               gradient_as_bucket_view=True, static_graph=True)
-    # bf16: half the bytes on the wire, at the price of rounding every gradient to bf16 before it is averaged
-    send = default_hooks.bf16_compress_hook if compress else default_hooks.allreduce_hook
-    if timer is not None and timer.enabled:
-        def timed(state, bucket, send=send):
-            timer.comm_ready()  # the last bucket's call is the end of backward compute
-            return send(state, bucket)
+    if compress:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-        ddp.register_comm_hook(None, timed)
-    elif compress:
-        ddp.register_comm_hook(None, send)
+        # half the bytes on the wire, at the price of rounding every gradient to bf16 before it is averaged
+        ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
+    if timer is not None and timer.enabled:
+        # the last gradient accumulated ends backward's compute; what is left is the all-reduce wait
+        for param in model.parameters():
+            if param.requires_grad:
+                param.register_post_accumulate_grad_hook(lambda _: timer.comm_ready())
     return ddp
 
 

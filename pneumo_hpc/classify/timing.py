@@ -5,8 +5,8 @@ The step marks the end of each phase with `lap(phase)`. On CPUs a mark is a `per
 an event on the current stream, resolved once per epoch, so the step never waits for the device to be timed.
 
 Communication is split out of the backward pass by a mark the wrapped model sets (`comm_ready`) when the last
-gradient is computed and only the collectives are left: DDP calls it from its comm hook when a bucket is ready,
-FSDP2 from the gradient of its first block's output. The interval from that mark to the end of `backward()` is
+gradient is computed and only the collectives are left: DDP from every parameter's post-accumulate-grad hook
+(the last call wins), FSDP2 from the gradient of its first block's output. The interval from that mark to the end of `backward()` is
 the all-reduce (DDP) or reduce-scatter (FSDP) wait that did not overlap compute. On CPUs FSDP2's forward
 all-gather waits are added too (`comm_span`), since gloo blocks the host while it waits.
 """
