@@ -19,7 +19,8 @@ from pneumo_hpc.runtime.doctor import bandwidth, parse_sizes
 from pneumo_hpc.runtime.doctor_report import ORDER
 
 PNEUMO = str(VENV_BIN / "pneumo-hpc")
-FAST = ["--sizes", "4K,64K", "--iters", "2", "--timeout", "30", "--json"]
+TIMEOUT = 60  # the default: a passing run never waits it out, a slow start (heavy load) stays inside it
+FAST = ["--sizes", "4K,64K", "--iters", "2", "--timeout", str(TIMEOUT), "--json"]
 SRUN = ["srun", "-N2", "-w", "n1,n2", "--ntasks-per-node=2", "--mpi=none"]
 
 
@@ -36,6 +37,12 @@ def document(stdout):
     lines = [ln for ln in stdout.splitlines() if ln.startswith('{"doctor": ')]
     assert len(lines) == 1, stdout[-4000:]
     return json.loads(lines[0])
+
+
+def assert_no_wait_ran_out(doc):
+    """Rank 0's own time (after its imports) stayed under --timeout: no rank waited for a peer that never came.
+    Wall-clock time says little here: 5 agents' tests share 2 vCPUs, and 4 torch imports alone took 20-90 s."""
+    assert doc["seconds"] < TIMEOUT, doc["seconds"]
 
 
 def rows(doc, check, status=None):
@@ -216,7 +223,8 @@ def test_a_wrong_ifname_fails_at_once_naming_the_nodes(cluster, prep, tmp_path):
                      r"IFNAME='ib7' names interface ib7, which this node does not have \(it has: lo, pnc0\) "
                      r"\(also wrong: GLOO_SOCKET_IFNAME='ib7'\)\. HINT: set IFNAME")
     assert_table_row(proc.stdout, "allreduce", "skip", "n1,n2", "0-3", "fix the interface failure")
-    assert took < 90, f"{took:.0f} s"
+    assert_no_wait_ran_out(document(proc.stdout))
+    print(f"ib7: {took:.0f} s in all")
 
 
 @pytest.mark.multinode
@@ -235,7 +243,8 @@ def test_a_taken_rendezvous_port_is_caught_on_its_node(cluster, prep, tmp_path):
     assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert_table_row(proc.stdout, "address", "FAIL", "n1", "0", f"port {port} on n1 is taken by another process")
     assert_table_row(proc.stdout, "address", "FAIL", "n1,n2", "1-3", "answers, but not as this job's rendezvous")
-    assert took < 90, f"{took:.0f} s"
+    assert_no_wait_ran_out(document(proc.stdout))
+    print(f"taken port: {took:.0f} s in all")
 
 
 @pytest.mark.multinode
@@ -250,7 +259,8 @@ def test_srun_tasks_each_running_torchrun_duplicate_local_ranks(cluster, prep, t
     assert_table_row(proc.stdout, "launcher", "FAIL", "n1", "0-3", "srun started 2 tasks on this node and each runs "
                      "torchrun --nproc-per-node 2")
     assert_table_row(proc.stdout, "device", "FAIL", "n1", "0,2", "GPU 0 on n1 is taken by ranks 0,2")
-    assert time.monotonic() - t0 < 120
+    assert_no_wait_ran_out(document(proc.stdout))
+    print(f"srun x torchrun: {time.monotonic() - t0:.0f} s in all")
 
 
 @pytest.mark.multinode

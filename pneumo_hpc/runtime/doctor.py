@@ -54,7 +54,7 @@ from pathlib import Path
 from pneumo_hpc.runtime import doctor_checks as checks
 from pneumo_hpc.runtime import doctor_report as report
 from pneumo_hpc.runtime.doctor_checks import FAIL, SKIP, result
-from pneumo_hpc.runtime.doctor_store import PREFIX, rendezvous, wait_get
+from pneumo_hpc.runtime.doctor_store import ABANDONED, PREFIX, rendezvous, wait_get
 
 DEFAULT_SIZES = (4 << 10, 256 << 10, 4 << 20, 32 << 20)
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -303,7 +303,8 @@ def _other(cfg: DoctorConfig, store, me: dict, t0: float) -> int:
 
 
 def run(cfg: DoctorConfig) -> int:
-    """Every rank: its own checks, then the meeting at rank 0; rank 0 prints the table. Returns the exit code."""
+    """Every rank: its own checks, then the meeting at rank 0; rank 0 prints the table. Returns the exit code (or
+    exits with it, when a connection attempt is still hanging in a thread)."""
     t0 = time.monotonic()
     cfg.data = Path(os.path.abspath(cfg.data))
     cfg.out = Path(os.path.abspath(cfg.out)) if cfg.out else None
@@ -312,6 +313,11 @@ def run(cfg: DoctorConfig) -> int:
         me["checks"]["address"] = result(SKIP, "not checked: the launcher could not be read")
         return _alone(cfg, me, t0)
     store, me["checks"]["address"] = rendezvous(me, cfg.timeout, cfg.environ)
-    if store is None:
-        return _alone(cfg, me, t0)
-    return (_rank0 if me["rank"] == 0 else _other)(cfg, store, me, t0)
+    code = _alone(cfg, me, t0) if store is None else (_rank0 if me["rank"] == 0 else _other)(cfg, store, me, t0)
+    if ABANDONED and any(t.is_alive() for t in ABANDONED):
+        # a connection attempt still inside TCPStore's C++ would abort the interpreter's exit (std::terminate,
+        # exit 134): end the process here, with the doctor's own code
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -19,6 +19,7 @@ from pneumo_hpc.runtime.doctor_checks import FAIL, OK, result
 
 PREFIX = "pneumo-doctor/"
 ATTEMPT_S = 3.0  # one connection attempt: a squatter on the port is given up on this fast
+ABANDONED: list[threading.Thread] = []  # attempts given up on while still inside C++ (see doctor.run)
 
 
 def _in_thread(fn, seconds: float):
@@ -35,6 +36,7 @@ def _in_thread(fn, seconds: float):
     worker.start()
     worker.join(seconds)
     if worker.is_alive():
+        ABANDONED.append(worker)
         raise TimeoutError(f"no answer within {seconds:.0f} s")
     if "error" in box:
         raise box["error"]
