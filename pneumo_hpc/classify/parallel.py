@@ -99,11 +99,27 @@ def apply_ddp(model: nn.Module, device: torch.device, compress: bool = False, ti
         # half the bytes on the wire, at the price of rounding every gradient to bf16 before it is averaged
         ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
     if timer is not None and timer.enabled:
-        # the last gradient accumulated ends backward's compute; what is left is the all-reduce wait
-        for param in model.parameters():
-            if param.requires_grad:
-                param.register_post_accumulate_grad_hook(lambda _: timer.comm_ready())
+        _LastGradient([p for p in model.parameters() if p.requires_grad], timer.comm_ready)
     return ddp
+
+
+class _LastGradient:
+    """Calls `mark` when backward accumulates its last gradient: what is left of DDP's backward is the all-reduce
+    wait. A Python hook in backward waits for the GIL (the prefetch thread may hold it), so once the first backward
+    has shown which parameter comes last, only that parameter keeps its hook."""
+
+    def __init__(self, params, mark):
+        self.mark, self.seen = mark, 0
+        self.hooks = {id(p): p.register_post_accumulate_grad_hook(self._accumulated) for p in params}
+
+    def _accumulated(self, param) -> None:
+        self.mark()
+        self.seen += 1
+        if self.hooks and self.seen == len(self.hooks):
+            for key, handle in self.hooks.items():
+                if key != id(param):
+                    handle.remove()
+            self.hooks = {}
 
 
 def apply_fsdp(model: nn.Module, device: torch.device, world_size: int, bf16: bool, timer=None) -> nn.Module:
