@@ -7,7 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from pneumo_hpc.cli import main
-from pneumo_hpc.report.scaling_model import comm_terms, cost_hours, fit_alpha_beta, series_models
+from pneumo_hpc.report.scaling_model import (allreduce_s, comm_terms, cost_hours, fit_alpha_beta, predict_step_s,
+                                             series_models)
 from pneumo_hpc.report.table import build_table
 from pneumo_hpc.report.write import write_report
 
@@ -81,6 +82,27 @@ def test_given_network_uses_the_measured_overlap_and_replicated_optimizer():
     assert fsdp.overlap == 0.0 and fsdp.step_s(2) == pytest.approx(0.5 + modelled)  # no breakdown: none hidden
     (no_bytes,) = series_models(build_table([clf(), clf("ddp", 2), clf("ddp", 4)])[0], ALPHA, beta)
     assert no_bytes.source.startswith("fitted (no n_params")
+
+
+def test_one_configuration_predicted_from_known_inputs():
+    n_params, beta, alpha = 2_000_000, 100e6, 1e-3  # 8 MB of fp32 gradient at 100 MB/s: tau 0.08 s
+    assert allreduce_s(n_params, 2, alpha, beta) == pytest.approx(0.08 + 2 * alpha)  # 2 (W-1)/W = 1, 2 (W-1) hops
+    assert allreduce_s(n_params, 2, alpha, beta, "bf16") == pytest.approx(0.04 + 2 * alpha)  # half the bytes
+    assert allreduce_s(n_params, 4, 0.0, beta) == pytest.approx(1.5 * 0.08)
+    assert allreduce_s(n_params, 1, alpha, beta) == 0.0
+    step = predict_step_s(0.4, 0.05, n_params, 2, alpha_s=alpha, beta_bytes_s=beta)
+    assert step == pytest.approx(0.4 / 2 + 0.05 + 0.08 + 2 * alpha)
+    hidden = predict_step_s(0.4, 0.05, n_params, 4, alpha_s=alpha, beta_bytes_s=beta, compress="bf16", overlap=0.25)
+    assert hidden == pytest.approx(0.1 + 0.05 + 0.75 * (1.5 * 0.04 + 6 * alpha))
+    # the same formula as a series' model
+    model = series_models(build_table([clf(), clf("ddp", 2), clf("ddp", 4)])[0])[0]
+    one_param_beta = 4 / model.beta_s  # bytes/s at which one fp32 parameter takes the series' tau
+    assert model.step_s(4) == pytest.approx(predict_step_s(model.parallel_s, model.replicated_s, 1, 4, model.alpha_s,
+                                                           one_param_beta))
+    for bad in ({"compress": "fp8"}, {"overlap": 1.5}, {"beta_bytes_s": 0.0}):
+        with pytest.raises(ValueError):
+            predict_step_s(**{"compute_s": 0.4, "replicated_s": 0.0, "n_params": n_params, "workers": 2,
+                              "alpha_s": alpha, "beta_bytes_s": beta, **bad})
 
 
 def test_cost_in_worker_hours_by_device():

@@ -3,6 +3,7 @@
     from pneumo_hpc.report.scaling_model import fit_alpha_beta, series_models
     fit_alpha_beta([1, 2, 4, 8], step_s)            # {"compute_s", "alpha_s", "beta_s"}, least squares, >= 0
     models = series_models(rows, alpha_s=20e-6, beta_bytes_s=10e9)   # one per measured DDP/FSDP series
+    predict_step_s(0.04, 0.005, 2_100_000, 2, alpha_s=1e-4, beta_bytes_s=125e6, compress="bf16")  # one config, s
 
 One step of the global batch B on W workers (the global batch is the same on every W, so the step count is too):
 
@@ -16,6 +17,9 @@ One step of the global batch B on W workers (the global batch is the same on eve
 - alpha and beta given (a `pneumo-hpc doctor` measurement): overlap is what the parallel runs' time_breakdown says
   was hidden, 1 - measured comm / modelled comm (0 without a breakdown). Not given: alpha and tau are fitted to the
   measured step times of the series, so they are the exposed (not hidden) communication, overlap folded in.
+
+Checked against 2-node DDP on links limited to 1 Gbit/s and 200 Mbit/s (tests/test_scaling_validation.py,
+benchmarks/scaling_validation.py, docs/performance.md).
 """
 from dataclasses import dataclass
 from itertools import combinations
@@ -32,6 +36,38 @@ def comm_terms(workers):
     """(bandwidth coefficient 2 (W-1)/W, latency coefficient 2 (W-1)) of one step's collectives on W workers."""
     w = np.asarray(workers, dtype=float)
     return 2 * (w - 1) / w, 2 * (w - 1)
+
+
+def step_time(workers, parallel_s, replicated_s, alpha_s, tau_s, overlap=0.0):
+    """The model's step (s) on W workers; tau_s = gradient bytes / beta (the message's time at bus bandwidth)."""
+    bandwidth, latency = comm_terms(workers)
+    comm = bandwidth * tau_s + latency * alpha_s
+    return parallel_s / np.asarray(workers, dtype=float) + replicated_s + (1 - overlap) * comm
+
+
+def _tau(n_params, beta_bytes_s, compress):
+    if compress not in BYTES_PER_PARAM:
+        raise ValueError(f"compress={compress!r}: use one of {', '.join(BYTES_PER_PARAM)}")
+    if beta_bytes_s <= 0:
+        raise ValueError(f"beta_bytes_s must be > 0 (bytes/s), got {beta_bytes_s}")
+    return n_params * BYTES_PER_PARAM[compress] / beta_bytes_s
+
+
+def allreduce_s(n_params, workers, alpha_s, beta_bytes_s, compress="none") -> float:
+    """The model's seconds for one step's ring all-reduce of n_params gradients (4 bytes each, 2 with
+    compress="bf16") at `alpha_s` s per hop and `beta_bytes_s` bytes/s, none of it hidden."""
+    return float(step_time(workers, 0.0, 0.0, alpha_s, _tau(n_params, beta_bytes_s, compress)))
+
+
+def predict_step_s(compute_s, replicated_s, n_params, workers, alpha_s, beta_bytes_s, compress="none",
+                   overlap=0.0) -> float:
+    """One DDP configuration's step (s): `compute_s` (the serial step at the global batch, less `replicated_s`,
+    what every rank repeats: DDP's optimizer step) split over `workers`, plus `allreduce_s` of the gradient, of
+    which the share `overlap` hides behind compute."""
+    if not 0 <= overlap <= 1:
+        raise ValueError(f"overlap is a share of the all-reduce, 0 to 1, got {overlap}")
+    tau = _tau(n_params, beta_bytes_s, compress)
+    return float(step_time(workers, compute_s, replicated_s, alpha_s, tau, overlap))
 
 
 def _nonneg_lstsq(a, y):
@@ -87,9 +123,7 @@ class SeriesModel:
     measured: tuple  # ((workers, speedup), ...)
 
     def step_s(self, workers):
-        bandwidth, latency = comm_terms(workers)
-        comm = bandwidth * self.beta_s + latency * self.alpha_s
-        return self.parallel_s / np.asarray(workers, dtype=float) + self.replicated_s + (1 - self.overlap) * comm
+        return step_time(workers, self.parallel_s, self.replicated_s, self.alpha_s, self.beta_s, self.overlap)
 
     def speedup(self, workers):
         return self.step_s(1) / self.step_s(workers)
