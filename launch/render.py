@@ -17,6 +17,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 LAUNCH_DIR = Path(__file__).resolve().parent
@@ -174,9 +175,10 @@ def check_batch(label, resources, v):
 
 def version():
     """The kit's version, from this checkout's pyproject.toml (the package's metadata comes from it too)."""
-    text = PYPROJECT.read_text() if PYPROJECT.is_file() else ""
-    match = re.search(r'(?ms)^\[project\]\s*$(?:(?!^\[).)*?^version\s*=\s*"([^"]+)"', text)
-    return match.group(1) if match else "unknown"
+    try:
+        return tomllib.loads(PYPROJECT.read_text())["project"]["version"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown"
 
 
 def render(exp, v):

@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -35,11 +36,10 @@ class InstallError(ValueError):
 
 def version():
     """The kit's version: pyproject.toml's [project] version (the one place it is written)."""
-    text = (SOURCE / "pyproject.toml").read_text()
-    match = re.search(r'(?ms)^\[project\]\s*$(?:(?!^\[).)*?^version\s*=\s*"([^"]+)"', text)
-    if not match:
-        raise InstallError(f"{SOURCE / 'pyproject.toml'}: no version in its [project] table")
-    return match.group(1)
+    try:
+        return tomllib.loads((SOURCE / "pyproject.toml").read_text())["project"]["version"]
+    except (KeyError, tomllib.TOMLDecodeError):
+        raise InstallError(f"{SOURCE / 'pyproject.toml'}: no version in its [project] table") from None
 
 
 # How a value is written inside a double-quoted string of each template language.

@@ -4,13 +4,14 @@ from importlib.metadata import PackageNotFoundError, version as _installed_versi
 
 def _checkout_version():
     """pyproject.toml's version beside this package: a checkout run without `pip install` (PYTHONPATH=.)."""
-    import re
+    import tomllib
     from pathlib import Path
 
-    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
-    text = pyproject.read_text() if pyproject.is_file() else ""
-    match = re.search(r'(?ms)^\[project\]\s*$(?:(?!^\[).)*?^version\s*=\s*"([^"]+)"', text)
-    return match.group(1) if match else "unknown"
+    try:
+        return tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"][
+            "version"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown"
 
 
 try:  # pyproject.toml is the one place the version is written; an install carries it as metadata
