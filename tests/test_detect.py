@@ -2,6 +2,7 @@
 outbound connection made to fail, then `predict` on DICOMs (one corrupt), then `detect score` on its CSV."""
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -142,6 +143,43 @@ def test_cli_import_stays_light():
             "heavy = [m for m in ('ultralytics', 'torch', 'cv2') if m in sys.modules]\n"
             "assert not heavy and 'OMP_NUM_THREADS' not in os.environ, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+THREADS_PROBE = textwrap.dedent("""
+    import json, os, sys
+    import numpy as np
+    import torch
+    from pneumo_hpc.detect.yolo import load_model
+
+    model, kwargs = load_model("yolov8n.yaml")
+    seen = {}
+    model.add_callback("on_train_batch_start", lambda t: seen.setdefault("train", torch.get_num_threads()))
+    model.add_callback("on_predict_batch_start", lambda p: seen.setdefault("predict", torch.get_num_threads()))
+    model.train(data=sys.argv[1], epochs=1, imgsz=32, batch=8, device="cpu", workers=0, project=sys.argv[2],
+                name="t", plots=False, val=False, verbose=False, **kwargs)
+    model.predict(np.zeros((32, 32), np.uint8), imgsz=32, device="cpu", verbose=False)
+    print(json.dumps({**seen, "affinity": len(os.sched_getaffinity(0)), "cpus": os.cpu_count()}))
+""")
+
+
+ULTRALYTICS_THREADS = min(8, max(1, (os.cpu_count() or 1) - 1))
+
+
+@pytest.mark.parametrize("omp", [None, str(ULTRALYTICS_THREADS + 1)])
+def test_cpu_runs_use_the_process_cpus(prep_dir, tmp_path, omp):
+    """ultralytics sets torch to min(8, cores - 1) threads whenever it picks the CPU; the kit's models train and
+    predict on OMP_NUM_THREADS when the user set it, else on every CPU the process may use."""
+    if not omp and len(os.sched_getaffinity(0)) == ULTRALYTICS_THREADS:
+        pytest.skip("on this machine ultralytics' own choice equals the kit's: this case cannot tell them apart")
+    env = tool_env()
+    env.pop("OMP_NUM_THREADS")
+    if omp:
+        env["OMP_NUM_THREADS"] = omp
+    proc = run([str(VENV_BIN / "python"), "-c", THREADS_PROBE, str(prep_dir / "yolo" / "data.yaml"), str(tmp_path)],
+               env=env, timeout=600)
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    want = int(omp) if omp else seen["affinity"]
+    assert (seen["train"], seen["predict"]) == (want, want)
 
 
 def test_multi_task_launch_is_refused(prep_dir, tmp_path):

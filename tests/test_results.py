@@ -198,7 +198,7 @@ def test_classifier_record_is_ordered_clean_and_labelled(tmp_path):
     history = [{"epoch": 1, "train_loss": float("nan"), "time_breakdown": breakdown()}]
     record = classifier_record(label="2-CPU DDP", history=history, roc_auc=float("inf"), run_dir=tmp_path,
                                time_breakdown=breakdown(2), accuracy=np.float32(0.5), **CLF_FIELDS)
-    assert record["kind"] == "classifier" and record["record_version"] == RECORD_VERSION == 1
+    assert record["kind"] == "classifier" and record["record_version"] == RECORD_VERSION == 2
     assert record["label"] == record["config"] == "2-CPU DDP"
     assert list(record) == [k for k in CLASSIFIER_KEYS if k in record]  # the schema's order, whatever was passed
     assert record["roc_auc"] is None and record["history"][0]["train_loss"] is None
@@ -238,7 +238,7 @@ def test_detector_record_as_the_trainer_builds_it():
                              strategy="serial", world_size=1, nodes=1, seed=0, workers=0, data="d",
                              data_yaml="d/data.yaml", weights="w.pt", ultralytics_dir="u", run_dir="r")
     assert record["rsna_map"] is None and record["samples_per_s"] == record["images_per_s"] == 40.0
-    assert record["record_version"] == 1 and record["kind"] == "detector" and record["label"] is None
+    assert record["record_version"] == RECORD_VERSION and record["kind"] == "detector" and record["label"] is None
     assert list(record) == [k for k in DETECTOR_KEYS if k in record]
     assert upgrade(record) == {**record}  # a current record needs nothing
 

@@ -168,20 +168,37 @@ def device_string(gpus: int) -> str:
     return ",".join(str(i) for i in range(gpus))
 
 
+def _keep_threads(model, threads: int) -> None:
+    # ultralytics sets torch to min(8, cores - 1) threads whenever it selects the CPU (one on a 2-core node, half
+    # the speed); these callbacks run after that choice, before the first batch of a training, validation or
+    # prediction
+    import torch
+
+    def set_threads(_owner) -> None:
+        torch.set_num_threads(threads)
+
+    for event in ("on_pretrain_routine_start", "on_val_start", "on_predict_start"):
+        model.add_callback(event, set_threads)
+
+
 def load_model(spec: str):
-    """A YOLO model from a packaged cfg name (yolov8n.yaml: random init) or a local weights file. Returns
-    (YOLO, train kwargs): pretrained=False for a cfg, so nothing is looked for; a .pt keeps its weights."""
-    from pneumo_hpc.detect.offline import import_ultralytics
+    """A YOLO model from a packaged cfg name (yolov8n.yaml: random init) or a local weights file, set to use
+    cpu_threads() on the CPU. Returns (YOLO, train kwargs): pretrained=False for a cfg, so nothing is looked for;
+    a .pt keeps its weights."""
+    from pneumo_hpc.detect.offline import cpu_threads, import_ultralytics
 
     ultralytics = import_ultralytics()
     if spec.endswith((".yaml", ".yml")):
-        return ultralytics.YOLO(spec), {"pretrained": False}
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise DetectError(f"{spec}: weights file not found. Pretrained weights cannot be downloaded here: fetch "
-                          "yolov8n.pt from Ultralytics' GitHub releases on a machine with internet and pass its path, "
-                          "or train from scratch with --model yolov8n.yaml")
-    return ultralytics.YOLO(str(path.resolve())), {}
+        model, kwargs = ultralytics.YOLO(spec), {"pretrained": False}
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise DetectError(f"{spec}: weights file not found. Pretrained weights cannot be downloaded here: fetch "
+                              "yolov8n.pt from Ultralytics' GitHub releases on a machine with internet and pass its "
+                              "path, or train from scratch with --model yolov8n.yaml")
+        model, kwargs = ultralytics.YOLO(str(path.resolve())), {}
+    _keep_threads(model, cpu_threads())
+    return model, kwargs
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -252,7 +269,7 @@ def train(cfg: TrainConfig) -> dict:
     single_process_env()
     device = device_string(cfg.gpus)
     model, model_kwargs = load_model(cfg.model)
-    from pneumo_hpc.detect.offline import amp_mode
+    from pneumo_hpc.detect.offline import amp_mode, cpu_threads
 
     amp = amp_mode(device)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -285,7 +302,7 @@ def train(cfg: TrainConfig) -> dict:
         gpus=cfg.gpus, epochs=cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch, model=cfg.model,
         n_train=n_train, n_val=n_val,
         # the report reads device as a type; ultralytics' own device string is kept beside it
-        device="cpu" if device == "cpu" else "cuda", device_arg=device, amp=amp,
+        device="cpu" if device == "cpu" else "cuda", device_arg=device, amp=amp, threads_per_rank=cpu_threads(),
         strategy="ddp" if cfg.gpus > 1 else "serial", world_size=max(cfg.gpus, 1), nodes=1,
         seed=cfg.seed, workers=cfg.workers, data=str(root), data_yaml=str(data_yaml),
         weights=str(weights), ultralytics_dir=str(save_dir), run_dir=str(run_dir))

@@ -27,7 +27,8 @@ from pneumo_hpc.report.provenance import hardware_info, own_revision
 
 METRICS_NAME = "metrics.json"
 SOURCE_KEY = "_source"  # "file:line" added by load_results so reports can say where a bad record came from
-RECORD_VERSION = 1  # 1: record_version, label, time_breakdown, n_params; detectors' samples_per_s and batch_size
+RECORD_VERSION = 2  # 1: record_version, label, time_breakdown, n_params; detectors' samples_per_s and batch_size
+# 2: detectors' threads_per_rank
 
 # Summed over a run's epochs at the top level, one epoch's in each history entry: seconds.
 BREAKDOWN_KEYS = ("data_s", "compute_s", "comm_s", "optimizer_s", "checkpoint_s", "eval_s", "other_s")
@@ -46,7 +47,7 @@ DETECTOR_KEYS = (
     "kind", "record_version", "precision", "recall", "map50", "map50_95", "rsna_map", "rsna_n_images",
     "rsna_conf", "train_time_s", "images_per_s", "samples_per_s", "loop_time_s", "loop_images_per_s",
     "eval_time_s", "gpus", "epochs", "imgsz", "batch", "batch_size", "model", "n_train", "n_val", "device",
-    "device_arg", "amp", "strategy", "world_size", "nodes", "seed", "workers", "data", "data_yaml", "weights",
+    "device_arg", "amp", "threads_per_rank", "strategy", "world_size", "nodes", "seed", "workers", "data", "data_yaml", "weights",
     "ultralytics_dir", "run_dir", "config", "label")
 # append_result adds these to any record; a builder accepts them too (a record rebuilt from an old line)
 PROVENANCE_KEYS = ("timestamp", "git_revision", "hardware", "nodes", "hostname")
