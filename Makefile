@@ -22,7 +22,8 @@ help:
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	bash containers/install.sh system   # mpi4py builds against the system Open MPI: it must come first
-	VENV=$(VENV) EXTRA_PIP="-r requirements-dev.txt" bash containers/install.sh python
+	# --no-compile: a writable venv byte-compiles what is imported on first use, not all of torch up front
+	VENV=$(VENV) EXTRA_PIP="-r requirements-dev.txt --no-compile" bash containers/install.sh python
 	touch $@
 
 venv: $(STAMP) ## create/refresh the virtual environment (.venv) with the pinned stack
@@ -60,7 +61,7 @@ test-fast: $(STAMP) ## unit tests only (no services, no slow trainings)
 	$(BIN)/python -m pytest -m "not slurm and not mpi and not multinode and not slow" $(PYTEST_ARGS)
 
 # enough epochs at 128 px from random init for the detector to find boxes at all (figures: docs/performance.md)
-DETECT_EPOCHS ?= 15
+DETECT_EPOCHS ?= 10
 DETECT_IMGSZ ?= 128
 DETECT_BATCH ?= 16
 # the validation patients only (the preprocessed split), drawn beside their labelled boxes; with a classifier run,
