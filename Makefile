@@ -8,7 +8,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 N ?= 800
-# EPOCHS, BATCH, LR: the demo trains with the SLURM jobs' defaults (one table; launch.mk includes it too)
+# BATCH, LR (and EPOCHS, in the other targets): the SLURM jobs' defaults (one table; launch.mk includes it too).
+# The demo's classifiers train 5 epochs unless EPOCHS is given (command line or environment), so that the whole
+# demo fits in 10 minutes on 2 CPUs; the check comes before the table, which gives EPOCHS its default
+ifeq ($(origin EPOCHS),undefined)
+demo: EPOCHS := 5
+endif
 include launch/variables.mk
 NPROC ?= 2
 PYTEST_ARGS ?=
