@@ -27,8 +27,7 @@ help:
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	bash containers/install.sh system   # mpi4py builds against the system Open MPI: it must come first
-	# --no-compile: a writable venv byte-compiles what is imported on first use, not all of torch up front
-	VENV=$(VENV) EXTRA_PIP="-r requirements-dev.txt --no-compile" bash containers/install.sh python
+	VENV=$(VENV) EXTRA_PIP="-r requirements-dev.txt" bash containers/install.sh python
 	touch $@
 
 venv: $(STAMP) ## create/refresh the virtual environment (.venv) with the pinned stack
