@@ -171,19 +171,20 @@ def device_string(gpus: int) -> str:
 def _keep_threads(model, threads: int) -> None:
     # ultralytics sets torch to min(8, cores - 1) threads whenever it selects the CPU (one on a 2-core node, half
     # the speed); these callbacks run after that choice, before the first batch of a training, validation or
-    # prediction
+    # prediction. GPU runs keep ultralytics' threads, beside its data-loading workers
     import torch
 
-    def set_threads(_owner) -> None:
-        torch.set_num_threads(threads)
+    def set_threads(owner) -> None:
+        if getattr(getattr(owner, "device", None), "type", None) == "cpu":
+            torch.set_num_threads(threads)
 
     for event in ("on_pretrain_routine_start", "on_val_start", "on_predict_start"):
         model.add_callback(event, set_threads)
 
 
 def load_model(spec: str):
-    """A YOLO model from a packaged cfg name (yolov8n.yaml: random init) or a local weights file, set to use
-    cpu_threads() on the CPU. Returns (YOLO, train kwargs): pretrained=False for a cfg, so nothing is looked for;
+    """A YOLO model from a packaged cfg name (yolov8n.yaml: random init) or a local weights file, set to run on
+    cpu_threads() threads when on the CPU. Returns (YOLO, train kwargs): pretrained=False for a cfg, so nothing is looked for;
     a .pt keeps its weights."""
     from pneumo_hpc.detect.offline import cpu_threads, import_ultralytics
 
@@ -302,7 +303,8 @@ def train(cfg: TrainConfig) -> dict:
         gpus=cfg.gpus, epochs=cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch, model=cfg.model,
         n_train=n_train, n_val=n_val,
         # the report reads device as a type; ultralytics' own device string is kept beside it
-        device="cpu" if device == "cpu" else "cuda", device_arg=device, amp=amp, threads_per_rank=cpu_threads(),
+        device="cpu" if device == "cpu" else "cuda", device_arg=device, amp=amp,
+        threads_per_rank=cpu_threads() if device == "cpu" else None,
         strategy="ddp" if cfg.gpus > 1 else "serial", world_size=max(cfg.gpus, 1), nodes=1,
         seed=cfg.seed, workers=cfg.workers, data=str(root), data_yaml=str(data_yaml),
         weights=str(weights), ultralytics_dir=str(save_dir), run_dir=str(run_dir))

@@ -47,8 +47,8 @@ DETECTOR_KEYS = (
     "kind", "record_version", "precision", "recall", "map50", "map50_95", "rsna_map", "rsna_n_images",
     "rsna_conf", "train_time_s", "images_per_s", "samples_per_s", "loop_time_s", "loop_images_per_s",
     "eval_time_s", "gpus", "epochs", "imgsz", "batch", "batch_size", "model", "n_train", "n_val", "device",
-    "device_arg", "amp", "threads_per_rank", "strategy", "world_size", "nodes", "seed", "workers", "data", "data_yaml", "weights",
-    "ultralytics_dir", "run_dir", "config", "label")
+    "device_arg", "amp", "threads_per_rank", "strategy", "world_size", "nodes", "seed", "workers", "data",
+    "data_yaml", "weights", "ultralytics_dir", "run_dir", "config", "label")
 # append_result adds these to any record; a builder accepts them too (a record rebuilt from an old line)
 PROVENANCE_KEYS = ("timestamp", "git_revision", "hardware", "nodes", "hostname")
 CLASSIFIER_REQUIRED = ("model", "strategy", "world_size", "device", "epochs", "train_time_s")
