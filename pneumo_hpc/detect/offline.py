@@ -24,8 +24,6 @@ _SETTINGS = {"sync": False, "api_key": "", "clearml": False, "comet": False, "dv
 # Arial.Unicode.ttf is asked for when class names are not ASCII.
 _FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
 AMP_CHECK_WEIGHT = "yolo26n.pt"
-# as the user gave it: `import ultralytics`, which only import_ultralytics() below does, sets it to 1 when unset
-_USER_OMP_THREADS = os.environ.get("OMP_NUM_THREADS", "")
 
 
 def config_dir() -> Path:
@@ -68,13 +66,6 @@ def import_ultralytics():
     if stale:  # update() rewrites settings.json: only when needed, so concurrent ranks rarely race on it
         SETTINGS.update(stale)
     return ultralytics
-
-
-def cpu_threads() -> int:
-    """Intra-op threads for a CPU run: OMP_NUM_THREADS when the user set it, else every CPU this process may use
-    (a SLURM allocation or a binding may hold a few of the node's)."""
-    given = _USER_OMP_THREADS.strip()
-    return int(given) if given.isdigit() and int(given) > 0 else len(os.sched_getaffinity(0))
 
 
 def amp_mode(device: str) -> bool | str:

@@ -35,6 +35,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 _RANK_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
               "GROUP_WORLD_SIZE", "TORCHELASTIC_RUN_ID")
 ULTRA_NAME = "train"  # RUN/ultralytics/<name>: fixed so the weights are found after a DDP run
+# as the user gave it: ultralytics, imported only inside load_model, sets it to 1 when unset
+_USER_OMP_THREADS = os.environ.get("OMP_NUM_THREADS", "")
 
 
 @dataclass
@@ -168,6 +170,13 @@ def device_string(gpus: int) -> str:
     return ",".join(str(i) for i in range(gpus))
 
 
+def cpu_threads() -> int:
+    """Intra-op threads for a CPU run: OMP_NUM_THREADS when the user set it, else every CPU this process may use
+    (a SLURM allocation or a binding may hold a few of the node's)."""
+    given = _USER_OMP_THREADS.strip()
+    return int(given) if given.isdigit() and int(given) > 0 else len(os.sched_getaffinity(0))
+
+
 def _keep_threads(model, threads: int) -> None:
     # ultralytics sets torch to min(8, cores - 1) threads whenever it selects the CPU (one on a 2-core node, half
     # the speed); these callbacks run after that choice, before the first batch of a training, validation or
@@ -184,9 +193,9 @@ def _keep_threads(model, threads: int) -> None:
 
 def load_model(spec: str):
     """A YOLO model from a packaged cfg name (yolov8n.yaml: random init) or a local weights file, set to run on
-    cpu_threads() threads when on the CPU. Returns (YOLO, train kwargs): pretrained=False for a cfg, so nothing is looked for;
-    a .pt keeps its weights."""
-    from pneumo_hpc.detect.offline import cpu_threads, import_ultralytics
+    cpu_threads() threads when on the CPU. Returns (YOLO, train kwargs): pretrained=False for a cfg, so nothing is
+    looked for; a .pt keeps its weights."""
+    from pneumo_hpc.detect.offline import import_ultralytics
 
     ultralytics = import_ultralytics()
     if spec.endswith((".yaml", ".yml")):
@@ -270,7 +279,7 @@ def train(cfg: TrainConfig) -> dict:
     single_process_env()
     device = device_string(cfg.gpus)
     model, model_kwargs = load_model(cfg.model)
-    from pneumo_hpc.detect.offline import amp_mode, cpu_threads
+    from pneumo_hpc.detect.offline import amp_mode
 
     amp = amp_mode(device)
     run_dir.mkdir(parents=True, exist_ok=True)
