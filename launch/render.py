@@ -254,9 +254,32 @@ def sbatch(label, script, v, wait=False, dependency=None):
     job_id = proc.stdout.strip().split(";")[0].splitlines()[0] if proc.stdout.strip() else ""
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
-        where = f" (job {job_id}: see {os.path.join(v['RUNS_DIR'], f'{label}-{job_id}.out')})" if job_id else ""
+        log = os.path.join(v["RUNS_DIR"], f"{label}-{job_id}.out")
+        if wait and job_id:  # the job ran and failed: say how it ended, and what it printed last
+            sys.stderr.write(job_ending(job_id, log))
+        where = f" (job {job_id}: see {log})" if job_id else ""
         raise LaunchError(f"{' '.join(cmd)} exited {proc.returncode}{where}")
     return job_id
+
+
+def job_ending(job_id, log, lines=40):
+    """SLURM's state of a finished job and the tail of its log, for the message of a failed WAIT=1."""
+    out = []
+    try:
+        show = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30)
+        fields = dict(re.findall(r"(\w+)=(\S*)", show.stdout))
+        if "JobState" in fields:
+            out.append(f"job {job_id}: " + " ".join(f"{k}={fields[k]}" for k in ("JobState", "Reason", "ExitCode",
+                                                                                  "RunTime", "NodeList")
+                                                    if k in fields))
+    except (OSError, subprocess.TimeoutExpired):
+        pass  # the log below still says what the job printed
+    try:
+        tail = Path(log).read_text(errors="replace").splitlines()[-lines:]
+        out += [f"--- the last {len(tail)} lines of {log}"] + tail + ["---"]
+    except OSError as err:
+        out.append(f"job {job_id}: its log {log} cannot be read: {err.strerror}")
+    return "".join(line + "\n" for line in out)
 
 
 def main(argv):
