@@ -266,17 +266,16 @@ def job_ending(job_id, log, lines=40):
     """SLURM's state of a finished job and the tail of its log, for the message of a failed WAIT=1."""
     out = []
     try:
-        show = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30)
-        fields = dict(re.findall(r"(\w+)=(\S*)", show.stdout))
-        if "JobState" in fields:
-            out.append(f"job {job_id}: " + " ".join(f"{k}={fields[k]}" for k in ("JobState", "Reason", "ExitCode",
-                                                                                  "RunTime", "NodeList")
-                                                    if k in fields))
+        show = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
-        pass  # the log below still says what the job printed
+        show = ""  # the log below still says what the job printed
+    fields = dict(re.findall(r"(\w+)=(\S*)", show))
+    state = [f"{k}={fields[k]}" for k in ("JobState", "Reason", "ExitCode", "RunTime", "NodeList") if k in fields]
+    if state:
+        out.append(f"job {job_id}: {' '.join(state)}")
     try:
         tail = Path(log).read_text(errors="replace").splitlines()[-lines:]
-        out += [f"--- the last {len(tail)} lines of {log}"] + tail + ["---"]
+        out += [f"--- the last {len(tail)} lines of {log}", *tail, "---"]
     except OSError as err:
         out.append(f"job {job_id}: its log {log} cannot be read: {err.strerror}")
     return "".join(line + "\n" for line in out)
