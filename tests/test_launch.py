@@ -349,6 +349,9 @@ def test_a_failing_job_fails_the_make_target_and_points_at_its_log(slurm, prep_d
     assert log, proc.stderr
     text = Path(log.group(1)).read_text()
     assert "no-such-model" in text and re.search(r"job \d+ exit [1-9]", text)
+    # the make output itself says how the job ended and shows the log's last lines
+    assert re.search(r"job \d+: JobState=FAILED .*ExitCode=[1-9]", proc.stderr), proc.stderr
+    assert "--- the last" in proc.stderr and "no-such-model" in proc.stderr.split("--- the last", 1)[-1], proc.stderr
 
 
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
